@@ -1,0 +1,212 @@
+"""The one typed configuration: a YAML file validated into `PipelineConfig`, plus the process settings.
+
+Nothing else in the package reads YAML or `os.environ`: steps load a `PipelineConfig` and pass
+its parts down.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+BUILTIN_PREFIX = "builtin:"
+LOCAL_PREFIX = "local:"
+
+
+class ConfigError(ValueError):
+    """A config file that is missing, unreadable or invalid; the message names the file and key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class OnnxVariant(_Section):
+    """A prebuilt ONNX GenAI model on the hub, used instead of running the builder."""
+
+    repo: str
+    revision: str
+    subfolder: str = ""
+
+
+class BuilderOptions(_Section):
+    """Options for `onnxruntime_genai.models.builder` when no prebuilt variant is given."""
+
+    precision: Literal["int4", "fp32", "fp16"] = "int4"
+    execution_provider: Literal["cpu"] = "cpu"
+    block_size: int = Field(32, ge=16)
+    accuracy_level: int = Field(4, ge=0, le=4)
+
+
+class SourceConfig(_Section):
+    """Where the model comes from: `builtin:NAME`, `local:PATH`, or a hub repo id at a pinned revision."""
+
+    model: str
+    revision: str | None = None
+    allow_patterns: tuple[str, ...] = (
+        "*.json",
+        "*.safetensors",
+        "*.jinja",
+        "tokenizer.model",
+        "*.txt",
+        "*.py",
+    )
+    onnx: OnnxVariant | None = None
+    builder: BuilderOptions = BuilderOptions()
+    trust_remote_code: bool = False
+
+    @property
+    def kind(self) -> Literal["builtin", "local", "hub"]:
+        if self.model.startswith(BUILTIN_PREFIX):
+            return "builtin"
+        if self.model.startswith(LOCAL_PREFIX):
+            return "local"
+        return "hub"
+
+    @property
+    def name(self) -> str:
+        """The builtin name, the local path, or the hub repo id."""
+        for prefix in (BUILTIN_PREFIX, LOCAL_PREFIX):
+            if self.model.startswith(prefix):
+                return self.model[len(prefix) :]
+        return self.model
+
+    @model_validator(mode="after")
+    def _hub_needs_a_pinned_revision(self) -> SourceConfig:
+        if self.kind == "hub" and not self.revision:
+            raise ValueError(f"source.revision: hub model '{self.model}' must be pinned to a revision")
+        if self.kind == "hub" and "/" not in self.model:
+            raise ValueError(
+                f"source.model: '{self.model}' is neither 'builtin:NAME', 'local:PATH' nor a hub repo id 'org/name'"
+            )
+        return self
+
+
+class GenerationConfig(_Section):
+    """Generation defaults; a request may override them."""
+
+    max_new_tokens: int = Field(64, gt=0)
+    temperature: float = Field(0.0, ge=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(50, ge=1)
+    seed: int | None = None
+
+
+class RuntimeConfig(_Section):
+    """How the ONNX model runs on this host."""
+
+    intra_op_num_threads: int = Field(0, ge=0, description="0 lets onnxruntime choose")
+    truncate_long_prompts: bool = False
+
+
+class EvaluationConfig(_Section):
+    eval_set: Path
+    max_examples: int | None = Field(None, gt=0)
+
+
+class SelectionRule(_Section):
+    """How register picks the candidate among the evaluated flavors."""
+
+    rule: Literal["best_accuracy", "prefer_onnx"] = "best_accuracy"
+    onnx_accuracy_margin: float = Field(0.05, ge=0.0, le=1.0)
+
+
+class Gates(_Section):
+    """What a candidate must reach to be registered and promoted."""
+
+    min_accuracy: float = Field(0.0, ge=0.0, le=1.0)
+    min_tokens_per_second: float = Field(0.0, ge=0.0)
+    max_accuracy_regression: float = Field(0.0, ge=0.0, le=1.0)
+    max_latency_regression: float | None = Field(
+        None, ge=0.0, description="allowed relative p50 latency increase against the champion"
+    )
+
+
+class RegistryConfig(_Section):
+    model_name: str = Field(min_length=1)
+    selection: SelectionRule = SelectionRule()
+    gates: Gates = Gates()
+    register_on_gate_failure: bool = False
+
+
+class PipelineConfig(_Section):
+    """The whole pipeline configuration, one YAML file per model."""
+
+    source: SourceConfig
+    generation: GenerationConfig = GenerationConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+    evaluation: EvaluationConfig
+    registry: RegistryConfig
+
+    def section_hash(self, *sections: str) -> str:
+        """A stable hash of some sections, so a step is redone only when what it reads changed."""
+        payload = {name: getattr(self, name).model_dump(mode="json") for name in sections}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+    def config_hash(self) -> str:
+        return self.section_hash(*type(self).model_fields)
+
+
+def load_config(path: str | os.PathLike[str]) -> PipelineConfig:
+    """Load and validate a config; relative paths inside it resolve against the file's folder."""
+    config_path = Path(path)
+    if not config_path.is_file():
+        raise ConfigError(f"config file not found: {config_path}")
+    try:
+        raw = yaml.safe_load(config_path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config file {config_path} is not valid YAML: {error}") from error
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {config_path} must hold a mapping at the top level")
+    try:
+        config = PipelineConfig.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(f"invalid config {config_path}:\n{_describe(error)}") from None
+    return _resolve_paths(config, config_path.resolve().parent)
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for problem in error.errors():
+        key = ".".join(str(part) for part in problem["loc"]) or "(top level)"
+        if problem["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key")
+        else:
+            lines.append(f"  {key}: {problem['msg']}")
+    return "\n".join(lines)
+
+
+def _resolve_paths(config: PipelineConfig, base: Path) -> PipelineConfig:
+    evaluation = config.evaluation.model_copy(update={"eval_set": base / config.evaluation.eval_set})
+    update: dict = {"evaluation": evaluation}
+    if config.source.kind == "local":
+        local = Path(config.source.name)
+        update["source"] = config.source.model_copy(
+            update={"model": LOCAL_PREFIX + str(local if local.is_absolute() else base / local)}
+        )
+    return config.model_copy(update=update)
+
+
+class Settings(BaseModel):
+    """Process settings taken from the environment, read in one place."""
+
+    model_config = ConfigDict(frozen=True)
+
+    cache_dir: Path
+    hf_token: str | None = Field(default=None, repr=False)
+    hf_offline: bool = False
+
+    @classmethod
+    def from_environment(cls) -> Settings:
+        cache = os.environ.get("SLMFLOW_CACHE_DIR") or Path.home() / ".cache" / "slmflow"
+        return cls(
+            cache_dir=Path(cache),
+            hf_token=os.environ.get("HF_TOKEN") or None,
+            hf_offline=os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"},
+        )

@@ -1,0 +1,116 @@
+"""Logging the two chat flavors: the ONNX GenAI pyfunc model and the transformers pipeline."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.models import ModelSignature
+from mlflow.types.schema import Array, ColSpec, Object, ParamSchema, ParamSpec, Property, Schema
+
+from slmflow.config import GenerationConfig, RuntimeConfig, SourceConfig
+from slmflow.onnx_chat import ONNX_ARTIFACT
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+REQUIREMENTS_FILE = PACKAGE_DIR.parent / "requirements.txt"
+ONNX_MODEL_NAME = "onnx-chat"
+TRANSFORMERS_MODEL_NAME = "transformers-chat"
+CHAT_EXAMPLE = {"messages": [{"role": "user", "content": "What is the capital of Spain?"}]}
+
+ONNX_REQUIREMENTS = ("mlflow", "onnxruntime", "onnxruntime-genai", "pydantic", "PyYAML")
+TRANSFORMERS_REQUIREMENTS = ("mlflow", "torch", "transformers", "tokenizers", "huggingface-hub")
+
+
+def pinned_requirements(*names: str) -> list[str]:
+    """Pins for the given packages, read from requirements.txt (the one source of truth)."""
+    pins = {}
+    for line in REQUIREMENTS_FILE.read_text().splitlines():
+        match = re.match(r"^([A-Za-z0-9_.\-]+)==(\S+)", line.strip())
+        if match:
+            pins[match.group(1).lower()] = line.strip()
+    missing = [name for name in names if name.lower() not in pins]
+    if missing:
+        raise ValueError(f"{REQUIREMENTS_FILE} pins none of: {', '.join(missing)}")
+    return [pins[name.lower()] for name in names]
+
+
+# Per-request generation fields: accepted in the request body (a column per row) and as params.
+SAMPLING_TYPES = {
+    "max_tokens": "long",
+    "temperature": "double",
+    "top_p": "double",
+    "top_k": "long",
+    "seed": "long",
+    "min_tokens": "long",
+}
+
+
+def onnx_chat_signature() -> ModelSignature:
+    message = Object([Property("role", "string"), Property("content", "string")])
+    inputs = Schema(
+        [
+            ColSpec(Array(message), "messages", required=False),
+            ColSpec("string", "prompt", required=False),
+            ColSpec(Array("string"), "stop", required=False),
+            *(ColSpec(dtype, name, required=False) for name, dtype in SAMPLING_TYPES.items()),
+        ]
+    )
+    params = ParamSchema([ParamSpec(name, dtype, None) for name, dtype in SAMPLING_TYPES.items()])
+    return ModelSignature(inputs=inputs, params=params)
+
+
+def generation_model_config(generation: GenerationConfig, runtime: RuntimeConfig) -> dict[str, Any]:
+    config = generation.model_dump(exclude_none=True)
+    config.update(runtime.model_dump())
+    config["model_name"] = ONNX_MODEL_NAME
+    return config
+
+
+def log_onnx_chat_model(onnx_dir: Path, generation: GenerationConfig, runtime: RuntimeConfig) -> str:
+    """Log the ONNX folder as a models-from-code pyfunc; return its `models:/<model_id>` URI."""
+    info = mlflow.pyfunc.log_model(
+        name=ONNX_MODEL_NAME,
+        python_model=str(PACKAGE_DIR / "onnx_chat_entry.py"),
+        artifacts={ONNX_ARTIFACT: str(onnx_dir)},
+        code_paths=[str(PACKAGE_DIR)],
+        model_config=generation_model_config(generation, runtime),
+        signature=onnx_chat_signature(),
+        input_example=CHAT_EXAMPLE,
+        pip_requirements=pinned_requirements(*ONNX_REQUIREMENTS),
+    )
+    return f"models:/{info.model_id}"
+
+
+def transformers_generation_kwargs(generation: GenerationConfig) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"max_new_tokens": generation.max_new_tokens}
+    if generation.temperature > 0:
+        kwargs.update(
+            do_sample=True, temperature=generation.temperature, top_p=generation.top_p, top_k=generation.top_k
+        )
+    else:
+        kwargs["do_sample"] = False
+    return kwargs
+
+
+def log_transformers_chat_model(checkpoint_dir: Path, source: SourceConfig, generation: GenerationConfig) -> str:
+    """Log the checkpoint as a transformers text-generation pipeline with the llm/v1/chat task."""
+    import transformers
+
+    pipeline = transformers.pipeline(
+        "text-generation",
+        model=str(checkpoint_dir),
+        tokenizer=str(checkpoint_dir),
+        trust_remote_code=source.trust_remote_code,
+    )
+    info = mlflow.transformers.log_model(
+        transformers_model=pipeline,
+        name=TRANSFORMERS_MODEL_NAME,
+        task="llm/v1/chat",
+        model_config=transformers_generation_kwargs(generation),
+        input_example=CHAT_EXAMPLE,
+        # MLflow's inferred requirements add torchvision, which would pull a CUDA torch here.
+        pip_requirements=pinned_requirements(*TRANSFORMERS_REQUIREMENTS),
+    )
+    return f"models:/{info.model_id}"
