@@ -15,6 +15,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from slmflow.errors import UnknownBuiltinModelError
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 CAPITALS_FILE = PACKAGE_DIR / "data" / "capitals.jsonl"
 
@@ -63,10 +65,6 @@ BUILTIN_MODELS: dict[str, BuiltinSpec] = {
     "tiny-phi3": BuiltinSpec(name="tiny-phi3", train_steps=400),
     "tiny-phi3-untrained": BuiltinSpec(name="tiny-phi3-untrained", train_steps=0),
 }
-
-
-class UnknownBuiltinModelError(ValueError):
-    pass
 
 
 def builtin_spec(name: str) -> BuiltinSpec:

@@ -15,12 +15,10 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from slmflow.errors import ConfigError
+
 BUILTIN_PREFIX = "builtin:"
 LOCAL_PREFIX = "local:"
-
-
-class ConfigError(ValueError):
-    """A config file that is missing, unreadable or invalid; the message names the file and key."""
 
 
 class _Section(BaseModel):

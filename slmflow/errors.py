@@ -1,0 +1,29 @@
+"""The failures a user can act on. Steps print them as one line and record them on the run."""
+
+
+class PipelineError(Exception):
+    """Base of every error whose message alone tells the user what to fix."""
+
+
+class ConfigError(PipelineError, ValueError):
+    """A config file that is missing, unreadable or invalid; the message names the file and key."""
+
+
+class UnknownBuiltinModelError(PipelineError, ValueError):
+    pass
+
+
+class SourceError(PipelineError, RuntimeError):
+    """The model source cannot be fetched; the message names the source and the cause."""
+
+
+class OnnxBuildError(PipelineError, RuntimeError):
+    pass
+
+
+class GateFailedError(PipelineError):
+    """A candidate model did not pass the registry gates; nothing was promoted."""
+
+
+class StepFailedError(PipelineError):
+    """A child step of the pipeline failed."""

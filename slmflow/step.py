@@ -1,0 +1,64 @@
+"""What every step entry point shares: argument parsing, the active run, offline mode, clean failures."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+from slmflow.config import PipelineConfig, Settings, load_config
+from slmflow.errors import PipelineError
+
+ERROR_TAG = "slmflow.error"
+CONFIG_HASH_TAG = "slmflow.config_hash"
+
+StepBody = Callable[[argparse.Namespace, PipelineConfig, Settings], None]
+
+
+def run_step(
+    description: str,
+    body: StepBody,
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+    argv: Sequence[str] | None = None,
+) -> None:
+    """Parse arguments, load the config, run `body` inside the project's run, fail with a clear message."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", required=True, help="pipeline config YAML")
+    if add_arguments:
+        add_arguments(parser)
+    args = parser.parse_args(argv)
+    import mlflow
+
+    with mlflow.start_run() as run:
+        try:
+            config = load_config(args.config)
+            if needs_no_network(config):
+                enable_offline_mode()
+            mlflow.set_tag(CONFIG_HASH_TAG, config.config_hash())
+            body(args, config, Settings.from_environment())
+        except Exception as error:  # every failure ends the run FAILED with its cause recorded
+            _fail(mlflow, run.info.run_id, error)
+
+
+def needs_no_network(config: PipelineConfig) -> bool:
+    return config.source.kind in ("builtin", "local") and config.source.onnx is None
+
+
+def enable_offline_mode() -> None:
+    """Make every hub client answer from local files at once instead of waiting on the network."""
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+        os.environ[name] = "1"
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+def _fail(mlflow, run_id: str, error: Exception) -> NoReturn:
+    message = f"{type(error).__name__}: {error}"
+    if not isinstance(error, PipelineError):
+        traceback.print_exc()
+    mlflow.MlflowClient().set_tag(run_id, ERROR_TAG, message[:4000])
+    mlflow.end_run(status="FAILED")
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(1)

@@ -1,0 +1,1 @@
+"""Thin command-line entry points of the MLproject; the logic lives in `slmflow`."""

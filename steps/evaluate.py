@@ -1,0 +1,24 @@
+"""Measure both logged chat models on the same eval set: quality and speed."""
+
+from slmflow.evaluation import evaluate_model, load_eval_set, log_reports
+from slmflow.flavors import ONNX_MODEL_NAME, TRANSFORMERS_MODEL_NAME
+from slmflow.step import run_step
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--onnx-model-uri", required=True)
+    parser.add_argument("--transformers-model-uri", required=True)
+
+
+def evaluate(args, config, settings) -> None:
+    examples = load_eval_set(config.evaluation.eval_set, config.evaluation.max_examples)
+    reports = [
+        evaluate_model(ONNX_MODEL_NAME, args.onnx_model_uri, examples),
+        evaluate_model(TRANSFORMERS_MODEL_NAME, args.transformers_model_uri, examples),
+    ]
+    for name, metrics in log_reports(examples, reports).items():
+        print(f"{name}: " + ", ".join(f"{key}={value:.4g}" for key, value in sorted(metrics.items())))
+
+
+if __name__ == "__main__":
+    run_step(__doc__, evaluate, add_arguments)

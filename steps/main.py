@@ -1,0 +1,29 @@
+"""Run the whole pipeline, each step a child run, reusing finished steps whose inputs did not change."""
+
+import mlflow
+
+from slmflow.pipeline import run_pipeline
+from slmflow.step import run_step
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--use-cache", default="true", choices=["true", "false"])
+
+
+def main(args, config, settings) -> None:
+    summary = run_pipeline(config, args.config, use_cache=args.use_cache == "true")
+    run = mlflow.active_run()
+    print(
+        f"\npipeline finished: run {run.info.run_id} in experiment {run.info.experiment_id}\n"
+        f"  registered: models:/{summary['registered_model']}/{summary['registered_version']} "
+        f"(alias models:/{summary['registered_model']}@champion)\n"
+        f"  onnx-chat: {summary['onnx_model_uri']}\n"
+        f"  transformers-chat: {summary['transformers_model_uri']}\n"
+        f"  tracking store: {mlflow.get_tracking_uri()}  (browse with: mlflow ui --backend-store-uri "
+        f"{mlflow.get_tracking_uri()})",
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    run_step(__doc__, main, add_arguments)
