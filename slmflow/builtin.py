@@ -236,9 +236,7 @@ def _train(model, tokenizer, spec: BuiltinSpec) -> None:
     model.train()
     for _ in range(spec.train_steps):
         batch = torch.randperm(len(examples), generator=generator)[: spec.batch_size]
-        loss = model(
-            input_ids=input_ids[batch], attention_mask=attention[batch], labels=labels[batch]
-        ).loss
+        loss = model(input_ids=input_ids[batch], attention_mask=attention[batch], labels=labels[batch]).loss
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

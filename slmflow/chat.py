@@ -50,9 +50,7 @@ class ChatRequest:
         return self.messages is not None
 
 
-def parse_requests(
-    model_input: Any, params: Mapping[str, Any] | None, defaults: SamplingSettings
-) -> list[ChatRequest]:
+def parse_requests(model_input: Any, params: Mapping[str, Any] | None, defaults: SamplingSettings) -> list[ChatRequest]:
     """Turn whatever pyfunc hands us (DataFrame, dict, list of dicts, strings) into validated rows."""
     rows = _rows(model_input)
     if not rows:
@@ -64,8 +62,7 @@ def parse_requests(
 def _rows(model_input: Any) -> list[Mapping[str, Any]]:
     if hasattr(model_input, "to_dict") and hasattr(model_input, "columns"):
         return [
-            {k: v for k, v in record.items() if not _is_missing(v)}
-            for record in model_input.to_dict(orient="records")
+            {k: v for k, v in record.items() if not _is_missing(v)} for record in model_input.to_dict(orient="records")
         ]
     if isinstance(model_input, Mapping):
         return [model_input]
@@ -115,9 +112,7 @@ def parse_messages(messages: Any, where: str = "request") -> tuple[Mapping[str, 
         if "content" not in message or message["content"] is None:
             raise BadRequestError(f"{label}: missing 'content'")
         if not isinstance(message["content"], str):
-            raise BadRequestError(
-                f"{label}: 'content' must be a string, got {type(message['content']).__name__}"
-            )
+            raise BadRequestError(f"{label}: 'content' must be a string, got {type(message['content']).__name__}")
         parsed.append({"role": role, "content": message["content"]})
     if parsed[-1]["role"] == "assistant":
         raise BadRequestError(f"{where}: the last message must not be the assistant's")

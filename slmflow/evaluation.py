@@ -266,8 +266,9 @@ def plot_accuracy_vs_speed(reports: Sequence[ModelReport], path: Path) -> None:
     for report in reports:
         metrics = report.metrics()
         axis.scatter(metrics["tokens_per_second"], metrics["accuracy"], s=80)
-        axis.annotate(report.name, (metrics["tokens_per_second"], metrics["accuracy"]),
-                      textcoords="offset points", xytext=(6, 6))
+        axis.annotate(
+            report.name, (metrics["tokens_per_second"], metrics["accuracy"]), textcoords="offset points", xytext=(6, 6)
+        )
     axis.set_xlabel("completion tokens / s")
     axis.set_ylabel("accuracy (contains answer)")
     axis.set_ylim(-0.05, 1.05)
@@ -281,8 +282,12 @@ def plot_accuracy_vs_speed(reports: Sequence[ModelReport], path: Path) -> None:
 
 def report_summary(reports: Sequence[ModelReport]) -> dict[str, Any]:
     return {
-        report.name: {"model_uri": report.model_uri, "metrics": report.metrics(), "ttft_s": report.ttft_s,
-                      "results": [asdict(r) for r in report.results]}
+        report.name: {
+            "model_uri": report.model_uri,
+            "metrics": report.metrics(),
+            "ttft_s": report.ttft_s,
+            "results": [asdict(r) for r in report.results],
+        }
         for report in reports
     }
 

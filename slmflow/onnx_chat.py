@@ -62,9 +62,7 @@ class OnnxChatEngine:
         config = og.Config(str(model_dir))
         if intra_op_num_threads:
             config.overlay(
-                json.dumps(
-                    {"model": {"decoder": {"session_options": {"intra_op_num_threads": intra_op_num_threads}}}}
-                )
+                json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": intra_op_num_threads}}}})
             )
         self.model = og.Model(config)
         self.tokenizer = og.Tokenizer(self.model)
@@ -78,9 +76,7 @@ class OnnxChatEngine:
 
     def render(self, messages: Sequence[dict[str, str]]) -> str:
         kwargs = {"template_str": self.chat_template} if self.chat_template else {}
-        return self.tokenizer.apply_chat_template(
-            json.dumps(list(messages)), add_generation_prompt=True, **kwargs
-        )
+        return self.tokenizer.apply_chat_template(json.dumps(list(messages)), add_generation_prompt=True, **kwargs)
 
     def prompt_text(self, request: ChatRequest) -> str:
         return self.render(request.messages) if request.is_chat else request.prompt
@@ -145,9 +141,7 @@ class OnnxChatEngine:
         if min_tokens:
             options["min_length"] = longest + min_tokens
         if settings.temperature > 0:
-            options.update(
-                do_sample=True, temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k
-            )
+            options.update(do_sample=True, temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k)
         else:
             options["do_sample"] = False
         if settings.seed is not None:

@@ -176,9 +176,7 @@ def run_pipeline(config: PipelineConfig, config_arg: str, use_cache: bool) -> di
         {"config": config_arg},
         outputs_valid=lambda r: all(Path(r.output(n)).is_dir() for n in ("checkpoint_dir", "onnx_dir")),
     )
-    onnx = runner.run(
-        "log_onnx_wrapper", {"config": config_arg, "onnx_dir": fetched.output("onnx_dir")}
-    )
+    onnx = runner.run("log_onnx_wrapper", {"config": config_arg, "onnx_dir": fetched.output("onnx_dir")})
     transformers = runner.run(
         "log_transformers_pipeline", {"config": config_arg, "checkpoint_dir": fetched.output("checkpoint_dir")}
     )

@@ -29,14 +29,12 @@ class Candidate:
 
 def choose_candidate(candidates: Mapping[str, Candidate], rule: SelectionRule) -> Candidate:
     """Highest accuracy, ties broken by tokens/s; or the ONNX model when within the configured margin."""
-    best = max(
-        candidates.values(), key=lambda c: (c.metrics["accuracy"], c.metrics["tokens_per_second"])
-    )
+    best = max(candidates.values(), key=lambda c: (c.metrics["accuracy"], c.metrics["tokens_per_second"]))
     onnx = candidates.get("onnx-chat")
-    if rule.rule == "prefer_onnx" and onnx is not None:
-        if onnx.metrics["accuracy"] >= best.metrics["accuracy"] - rule.onnx_accuracy_margin:
-            return onnx
-    return best
+    within_margin = (
+        onnx is not None and onnx.metrics["accuracy"] >= best.metrics["accuracy"] - rule.onnx_accuracy_margin
+    )
+    return onnx if rule.rule == "prefer_onnx" and within_margin else best
 
 
 def gate_failures(metrics: Metrics, gates: Gates, champion: Metrics | None) -> list[str]:
@@ -61,7 +59,8 @@ def gate_failures(metrics: Metrics, gates: Gates, champion: Metrics | None) -> l
         if metrics["latency_p50_s"] > ceiling:
             failures.append(
                 f"latency_p50_s {metrics['latency_p50_s']:.4f} exceeds the champion's "
-                f"{champion['latency_p50_s']:.4f} by more than max_latency_regression {gates.max_latency_regression:.2f}"
+                f"{champion['latency_p50_s']:.4f} by more than max_latency_regression "
+                f"{gates.max_latency_regression:.2f}"
             )
     return failures
 
@@ -136,7 +135,9 @@ class Registrar:
     def _refusal(self, candidate: Candidate, failures: list[str], registered: ModelVersion | None) -> str:
         champion = self.champion()
         kept = f"champion stays at version {champion.version}" if champion else "there is no champion"
-        parked = f"registered as version {registered.version} without promotion; " if registered else "nothing registered; "
+        parked = (
+            f"registered as version {registered.version} without promotion; " if registered else "nothing registered; "
+        )
         return (
             f"candidate {candidate.flavor} ({candidate.model_uri}) failed the gates of "
             f"'{self.config.model_name}': {'; '.join(failures)}. {parked}{kept}"
@@ -152,9 +153,7 @@ def candidates_from_evaluation(run) -> dict[str, Candidate]:
         if tag.startswith(CANDIDATE_TAG_PREFIX):
             flavor = tag[len(CANDIDATE_TAG_PREFIX) :]
             metrics = {
-                key[len(flavor) + 1 :]: value
-                for key, value in run.data.metrics.items()
-                if key.startswith(flavor + "/")
+                key[len(flavor) + 1 :]: value for key, value in run.data.metrics.items() if key.startswith(flavor + "/")
             }
             candidates[flavor] = Candidate(flavor, model_uri, metrics)
     if not candidates:

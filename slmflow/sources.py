@@ -55,8 +55,11 @@ def fetch_model(
     if source.onnx is not None:
         variant = source.onnx
         snapshot = _download(
-            variant.repo, variant.revision, [f"{variant.subfolder}/*" if variant.subfolder else "*"],
-            settings, snapshot_download,
+            variant.repo,
+            variant.revision,
+            [f"{variant.subfolder}/*" if variant.subfolder else "*"],
+            settings,
+            snapshot_download,
         )
         onnx_dir = snapshot / variant.subfolder
         onnx_origin = f"{variant.repo}@{snapshot.name}/{variant.subfolder}"
@@ -80,7 +83,10 @@ def fetch_model(
 
 
 def _download(
-    repo: str, revision: str | None, allow_patterns: list[str], settings: Settings,
+    repo: str,
+    revision: str | None,
+    allow_patterns: list[str],
+    settings: Settings,
     snapshot_download: SnapshotDownloader | None,
 ) -> Path:
     if snapshot_download is None:

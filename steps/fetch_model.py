@@ -13,9 +13,7 @@ def fetch(args, config, settings) -> None:
         {"source": fetched.source, "resolved_revision": fetched.revision, "onnx_origin": fetched.onnx_origin}
     )
     mlflow.log_dict(fetched.manifest(), "manifest.json")
-    set_outputs(
-        checkpoint_dir=fetched.checkpoint_dir, onnx_dir=fetched.onnx_dir, source_revision=fetched.revision
-    )
+    set_outputs(checkpoint_dir=fetched.checkpoint_dir, onnx_dir=fetched.onnx_dir, source_revision=fetched.revision)
 
 
 if __name__ == "__main__":

@@ -8,9 +8,7 @@ from slmflow.step import run_step
 
 
 def log(args, config, settings) -> None:
-    set_outputs(
-        model_uri=log_transformers_chat_model(Path(args.checkpoint_dir), config.source, config.generation)
-    )
+    set_outputs(model_uri=log_transformers_chat_model(Path(args.checkpoint_dir), config.source, config.generation))
 
 
 if __name__ == "__main__":
