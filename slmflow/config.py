@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -29,7 +30,7 @@ class OnnxVariant(_Section):
     """A prebuilt ONNX GenAI model on the hub, used instead of running the builder."""
 
     repo: str
-    revision: str
+    revision: str = Field(pattern=r"^[0-9a-f]{40}$", description="the 40-hex commit sha")
     subfolder: str = ""
 
 
@@ -79,6 +80,10 @@ class SourceConfig(_Section):
     def _hub_needs_a_pinned_revision(self) -> SourceConfig:
         if self.kind == "hub" and not self.revision:
             raise ValueError(f"source.revision: hub model '{self.model}' must be pinned to a revision")
+        if self.kind == "hub" and not re.fullmatch(r"[0-9a-f]{40}", self.revision):
+            raise ValueError(
+                f"source.revision: '{self.revision}' is not pinned: give the 40-hex commit sha, not a branch or tag"
+            )
         if self.kind == "hub" and "/" not in self.model:
             raise ValueError(
                 f"source.model: '{self.model}' is neither 'builtin:NAME', 'local:PATH' nor a hub repo id 'org/name'"

@@ -1,0 +1,124 @@
+"""Shared fixtures: the builtin tiny model (built once per session), its ONNX form, tracking stores."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+os.environ["HF_HUB_OFFLINE"] = "1"  # the tests never reach a hub, and must never wait on one
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """One model cache for the whole session, handed to child processes through SLMFLOW_CACHE_DIR."""
+    folder = Path(os.environ.get("SLMFLOW_TEST_CACHE_DIR") or tmp_path_factory.mktemp("slmflow-cache"))
+    os.environ["SLMFLOW_CACHE_DIR"] = str(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def settings(cache_dir):
+    from slmflow.config import Settings
+
+    return Settings.from_environment()
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(cache_dir) -> Path:
+    from slmflow.builtin import ensure_builtin_model
+
+    return ensure_builtin_model("tiny-phi3", cache_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    from slmflow.config import load_config
+
+    return load_config(PROJECT_DIR / "configs" / "tiny.yaml")
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tiny_checkpoint, cache_dir, tiny_config) -> Path:
+    from slmflow.onnx_build import build_onnx
+
+    return build_onnx(tiny_checkpoint, cache_dir / "onnx" / "tests-tiny-int4", tiny_config.source.builder)
+
+
+@pytest.fixture(scope="session")
+def onnx_engine(tiny_onnx):
+    from slmflow.onnx_chat import OnnxChatEngine
+
+    return OnnxChatEngine(tiny_onnx)
+
+
+def _use_store(folder: Path) -> str:
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_store(tmp_path_factory) -> Path:
+    """The current tracking store unless a test asks for a fresh one; never the project's mlflow.db."""
+    folder = tmp_path_factory.mktemp("session-store")
+    _use_store(folder)
+    return folder
+
+
+@pytest.fixture
+def tracking_store(tmp_path, session_store) -> str:
+    """A fresh, empty tracking store (sqlite), made current for this test and its child processes."""
+    folder = tmp_path / "store"
+    folder.mkdir()
+    uri = _use_store(folder)
+    yield uri
+    _use_store(session_store)
+
+
+@pytest.fixture(scope="session")
+def logged_models(session_store, tiny_onnx, tiny_checkpoint, tiny_config) -> dict[str, str]:
+    """Both flavors of the tiny model, logged once: {"onnx-chat": uri, "transformers-chat": uri}."""
+    from slmflow.flavors import log_onnx_chat_model, log_transformers_chat_model
+
+    _use_store(session_store)
+    with mlflow.start_run():
+        onnx_uri = log_onnx_chat_model(tiny_onnx, tiny_config.generation, tiny_config.runtime)
+        transformers_uri = log_transformers_chat_model(tiny_checkpoint, tiny_config.source, tiny_config.generation)
+    return {"onnx-chat": onnx_uri, "transformers-chat": transformers_uri}
+
+
+@pytest.fixture(scope="session")
+def onnx_pyfunc(logged_models):
+    return mlflow.pyfunc.load_model(logged_models["onnx-chat"])
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def run_command(command: list[str], cwd: Path, timeout: float = 600, **env: str) -> subprocess.CompletedProcess:
+    """Run a command with the test environment (tracking store, cache) plus `env`; capture its output."""
+    return subprocess.run(
+        command,
+        cwd=cwd,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def mlflow_cli() -> list[str]:
+    return [sys.executable, "-m", "mlflow"]

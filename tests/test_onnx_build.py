@@ -1,0 +1,42 @@
+import pytest
+
+from slmflow.config import BuilderOptions
+from slmflow.errors import OnnxBuildError
+from slmflow.onnx_build import build_onnx, builder_command, matmul_nbits_attributes, verify_quantization
+
+
+def test_built_graph_carries_the_configured_block_size_and_accuracy_level(tiny_onnx, tiny_config):
+    nodes = matmul_nbits_attributes(tiny_onnx)
+    options = tiny_config.source.builder
+    assert len(nodes) >= 8  # qkv, o, gate, up, down per layer and the LM head
+    assert {(n["block_size"], n["accuracy_level"], n["bits"]) for n in nodes} == {
+        (options.block_size, options.accuracy_level, 4)
+    }
+    assert (tiny_onnx / "chat_template.jinja").exists()
+    assert (tiny_onnx / "genai_config.json").exists()
+
+
+def test_other_quantization_options_reach_the_graph(tiny_checkpoint, tmp_path):
+    options = BuilderOptions(block_size=16, accuracy_level=1)
+    built = build_onnx(tiny_checkpoint, tmp_path / "onnx-16", options)
+    assert {(n["block_size"], n["accuracy_level"]) for n in matmul_nbits_attributes(built)} == {(16, 1)}
+
+
+def test_command_uses_the_current_option_names(tmp_path):
+    command = builder_command(tmp_path / "in", tmp_path / "out", tmp_path / "c", BuilderOptions())
+    assert command[command.index("--extra_options") + 1 :] == ["accuracy_level=4", "block_size=32"]
+    assert not any("int4_" in part for part in command)
+
+
+def test_mismatched_quantization_is_refused(tiny_onnx):
+    with pytest.raises(OnnxBuildError, match="MatMulNBits nodes differ"):
+        verify_quantization(tiny_onnx, BuilderOptions(block_size=64))
+
+
+def test_builder_failure_names_the_checkpoint_and_leaves_nothing(tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{}")
+    with pytest.raises(OnnxBuildError, match="builder failed on .*broken"):
+        build_onnx(broken, tmp_path / "out" / "model", BuilderOptions())
+    assert list((tmp_path / "out").iterdir()) == []
