@@ -71,6 +71,7 @@ def session_store(tmp_path_factory) -> Path:
     """The current tracking store unless a test asks for a fresh one; never the project's mlflow.db."""
     folder = tmp_path_factory.mktemp("session-store")
     _use_store(folder)
+    os.chdir(folder)  # MLflow puts a new store's artifacts under ./mlruns: keep them out of the checkout
     return folder
 
 

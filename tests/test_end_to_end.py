@@ -1,0 +1,248 @@
+"""The whole `mlflow run` of the project, offline on the builtin tiny model, as users and scheduled jobs run it."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import PROJECT_DIR, free_port, mlflow_cli, run_command
+
+pytestmark = pytest.mark.e2e
+STEPS = ["fetch_model", "log_onnx_wrapper", "log_transformers_pipeline", "evaluate", "register"]
+MODEL_NAME = "tiny-phi3-chat"
+
+
+def mlflow_run(project: str, store: str, *extra: str, config: str = "configs/tiny.yaml", cwd: Path | None = None):
+    """`mlflow run` from outside the project (so its artifacts land beside the store, not in the checkout)."""
+    if cwd is None:
+        cwd = Path(store.removeprefix("sqlite:///")).parent
+    return run_command(
+        [*mlflow_cli(), "run", project, "--env-manager", "local", "-P", f"config={config}", *extra],
+        cwd=cwd,
+        MLFLOW_TRACKING_URI=store,
+    )
+
+
+def parent_runs(client: MlflowClient) -> list:
+    runs = client.search_runs(["0"], "tags.`mlflow.project.entryPoint` = 'main'", order_by=["attributes.start_time DESC"])
+    return runs
+
+
+def children_of(client: MlflowClient, parent_id: str) -> dict[str, object]:
+    runs = client.search_runs(["0"], f"tags.`mlflow.parentRunId` = '{parent_id}'")
+    return {run.data.tags["mlflow.project.entryPoint"]: run for run in runs}
+
+
+def step_reuse(parent) -> dict[str, bool]:
+    return {step: parent.data.tags[f"slmflow.step.{step}.cached"] == "true" for step in STEPS}
+
+
+def versions(client: MlflowClient, name: str = MODEL_NAME) -> list:
+    try:
+        return client.search_model_versions(f"name = '{name}'")
+    except mlflow.exceptions.MlflowException:
+        return []
+
+
+def variant_config(tmp_path: Path, **changes) -> Path:
+    """A copy of configs/tiny.yaml with some sections changed, beside a copy of the eval sets."""
+    data = yaml.safe_load((PROJECT_DIR / "configs" / "tiny.yaml").read_text())
+    for section, values in changes.items():
+        data[section] = {**data.get(section, {}), **values}
+    folder = tmp_path / "configs"
+    shutil.copytree(PROJECT_DIR / "configs" / "eval", folder / "eval", dirs_exist_ok=True)
+    path = folder / "variant.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, cache_dir) -> str:
+    return f"sqlite:///{tmp_path_factory.mktemp('e2e-store') / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="module")
+def first_run(store):
+    result = mlflow_run(str(PROJECT_DIR), store)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return result
+
+
+@pytest.fixture
+def client(store) -> MlflowClient:
+    mlflow.set_tracking_uri(store)
+    return MlflowClient(store)
+
+
+def test_main_runs_five_child_steps_and_registers_a_champion(first_run, client):
+    [parent] = parent_runs(client)
+    assert parent.info.status == "FINISHED"
+    children = children_of(client, parent.info.run_id)
+    assert sorted(children) == sorted(STEPS)
+    assert all(run.info.status == "FINISHED" for run in children.values())
+    assert not any(step_reuse(parent).values())
+    logged = {m.name for m in client.search_logged_models(experiment_ids=["0"])}
+    assert logged == {"onnx-chat", "transformers-chat"}
+    champion = client.get_model_version_by_alias(MODEL_NAME, "champion")
+    assert champion.version == "1"
+    assert client.get_model_version_by_alias(MODEL_NAME, "challenger").version == "1"
+    assert "pipeline finished" in first_run.stdout
+
+
+def test_champion_answers_like_an_openai_endpoint(first_run, client):
+    model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@champion")
+    answer = model.predict({"messages": [{"role": "user", "content": "What is the capital of Spain?"}]})
+    if isinstance(answer, list):
+        answer = answer[0]
+    assert "Madrid" in answer["choices"][0]["message"]["content"]
+
+
+def test_steps_pass_model_uris_and_the_fetched_folders(first_run, client):
+    [parent] = parent_runs(client)
+    children = children_of(client, parent.info.run_id)
+    fetch_tags = children["fetch_model"].data.tags
+    assert children["log_onnx_wrapper"].data.params["onnx_dir"] == fetch_tags["slmflow.output.onnx_dir"]
+    evaluate_params = children["evaluate"].data.params
+    assert evaluate_params["onnx_model_uri"] == children["log_onnx_wrapper"].data.tags["slmflow.output.model_uri"]
+    assert evaluate_params["onnx_model_uri"].startswith("models:/m-")
+    assert children["fetch_model"].data.params["source"] == "builtin:tiny-phi3"
+    # The fetched files are recorded with their digests.
+    manifest = mlflow.artifacts.load_dict(f"runs:/{children['fetch_model'].info.run_id}/manifest.json")
+    assert len(manifest["files"]["checkpoint/model.safetensors"]) == 64
+
+
+def test_rerun_with_nothing_changed_reuses_every_step(first_run, store, client):
+    before = len(client.search_runs(["0"]))
+    result = mlflow_run(str(PROJECT_DIR), store)
+    assert result.returncode == 0, result.stderr[-3000:]
+    latest = parent_runs(client)[0]
+    assert all(step_reuse(latest).values())
+    assert len(client.search_runs(["0"])) == before + 1  # only the new parent
+    assert [v.version for v in versions(client)] == ["1"]
+
+
+def test_changed_generation_redoes_exactly_the_steps_downstream(first_run, store, client, tmp_path):
+    config = variant_config(tmp_path, generation={"max_new_tokens": 20})
+    result = mlflow_run(str(PROJECT_DIR), store, config=str(config))
+    assert result.returncode == 0, result.stderr[-3000:]
+    latest = parent_runs(client)[0]
+    assert step_reuse(latest) == {
+        "fetch_model": True,
+        "log_onnx_wrapper": False,
+        "log_transformers_pipeline": False,
+        "evaluate": False,
+        "register": False,
+    }
+    # Still passes the gates: a new version, and champion moves to it.
+    assert client.get_model_version_by_alias(MODEL_NAME, "champion").version == "2"
+
+
+def test_forced_rerun_registers_nothing_new(first_run, store, client):
+    count = len(versions(client))
+    champion = client.get_model_version_by_alias(MODEL_NAME, "champion").version
+    result = mlflow_run(str(PROJECT_DIR), store, "-P", "use_cache=false")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not any(step_reuse(parent_runs(client)[0]).values())
+    assert len(versions(client)) == count
+    assert client.get_model_version_by_alias(MODEL_NAME, "champion").version == champion
+    assert "already registered" in result.stdout
+
+
+def test_worse_model_is_refused_and_the_champion_kept(first_run, store, client, tmp_path):
+    champion = client.get_model_version_by_alias(MODEL_NAME, "champion").version
+    count = len(versions(client))
+    config = variant_config(tmp_path, source={"model": "builtin:tiny-phi3-untrained"})
+    result = mlflow_run(str(PROJECT_DIR), store, config=str(config))
+    assert result.returncode != 0
+    latest = parent_runs(client)[0]
+    assert latest.info.status == "FAILED"
+    register = children_of(client, latest.info.run_id)["register"]
+    assert register.info.status == "FAILED"
+    assert "min_accuracy 0.800" in register.data.tags["slmflow.error"]
+    assert "step 'register' failed" in result.stderr and "accuracy" in result.stderr
+    assert client.get_model_version_by_alias(MODEL_NAME, "champion").version == champion
+    assert len(versions(client)) == count
+
+
+@pytest.mark.parametrize(
+    ("change", "message", "failed_step"),
+    [
+        ({"generation": {"temprature": 0.3}}, "generation.temprature: unknown key", "main"),
+        ({"source": {"model": "builtin:giant-phi3"}}, "unknown builtin model 'builtin:giant-phi3'", "fetch_model"),
+        (
+            {"source": {"model": "microsoft/Phi-3-mini-4k-instruct", "revision": "a" * 40}},
+            "cannot fetch hub repo 'microsoft/Phi-3-mini-4k-instruct'",
+            "fetch_model",
+        ),
+    ],
+)
+def test_bad_input_fails_the_run_clearly_and_registers_nothing(tmp_path, change, message, failed_step):
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = mlflow_run(str(PROJECT_DIR), store, config=str(variant_config(tmp_path, **change)), cwd=tmp_path)
+    assert result.returncode != 0
+    assert message in result.stderr
+    client = MlflowClient(store)
+    [parent] = parent_runs(client)
+    assert parent.info.status == "FAILED"
+    if failed_step != "main":
+        assert children_of(client, parent.info.run_id)[failed_step].info.status == "FAILED"
+    assert client.search_registered_models() == []
+
+
+def test_missing_config_file(tmp_path):
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = mlflow_run(str(PROJECT_DIR), store, config="configs/does-not-exist.yaml")
+    assert result.returncode != 0
+    assert "config file not found: configs/does-not-exist.yaml" in result.stderr
+    client = MlflowClient(store)
+    assert parent_runs(client)[0].info.status == "FAILED"
+    assert client.search_registered_models() == []
+
+
+@pytest.fixture
+def git_daemon(tmp_path):
+    """The project's committed HEAD, served by a real `git daemon` on loopback."""
+    commit = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=PROJECT_DIR, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    served = tmp_path / "served"
+    subprocess.run(["git", "clone", "--quiet", "--bare", str(PROJECT_DIR), str(served / "slmflow.git")], check=True)
+    port = free_port()
+    daemon = subprocess.Popen(
+        ["git", "daemon", f"--base-path={served}", "--export-all", "--reuseaddr", "--listen=127.0.0.1", f"--port={port}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        probe = subprocess.run(["git", "ls-remote", f"git://127.0.0.1:{port}/slmflow.git"], capture_output=True)
+        if probe.returncode == 0:
+            break
+        time.sleep(0.2)
+    else:
+        daemon.kill()
+        pytest.fail("git daemon did not start")
+    yield f"git://127.0.0.1:{port}/slmflow.git", commit
+    daemon.terminate()
+    daemon.wait(timeout=10)
+
+
+def test_run_from_a_remote_git_url_at_a_commit(git_daemon, tmp_path):
+    url, commit = git_daemon
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = mlflow_run(url, store, "-v", commit, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    client = MlflowClient(store)
+    [parent] = parent_runs(client)
+    assert parent.data.tags["mlflow.source.git.commit"] == commit
+    children = children_of(client, parent.info.run_id)
+    assert sorted(children) == sorted(STEPS)
+    assert all(run.data.tags["mlflow.source.git.commit"] == commit for run in children.values())
+    assert client.get_model_version_by_alias(MODEL_NAME, "champion").version == "1"
