@@ -31,7 +31,9 @@ def mlflow_run(project: str, store: str, *extra: str, config: str = "configs/tin
 
 
 def parent_runs(client: MlflowClient) -> list:
-    runs = client.search_runs(["0"], "tags.`mlflow.project.entryPoint` = 'main'", order_by=["attributes.start_time DESC"])
+    runs = client.search_runs(
+        ["0"], "tags.`mlflow.project.entryPoint` = 'main'", order_by=["attributes.start_time DESC"]
+    )
     return runs
 
 
@@ -91,8 +93,8 @@ def test_main_runs_five_child_steps_and_registers_a_champion(first_run, client):
     logged = {m.name for m in client.search_logged_models(experiment_ids=["0"])}
     assert logged == {"onnx-chat", "transformers-chat"}
     champion = client.get_model_version_by_alias(MODEL_NAME, "champion")
-    assert champion.version == "1"
-    assert client.get_model_version_by_alias(MODEL_NAME, "challenger").version == "1"
+    assert str(champion.version) == "1"
+    assert str(client.get_model_version_by_alias(MODEL_NAME, "challenger").version) == "1"
     assert "pipeline finished" in first_run.stdout
 
 
@@ -125,7 +127,7 @@ def test_rerun_with_nothing_changed_reuses_every_step(first_run, store, client):
     latest = parent_runs(client)[0]
     assert all(step_reuse(latest).values())
     assert len(client.search_runs(["0"])) == before + 1  # only the new parent
-    assert [v.version for v in versions(client)] == ["1"]
+    assert [str(v.version) for v in versions(client)] == ["1"]
 
 
 def test_changed_generation_redoes_exactly_the_steps_downstream(first_run, store, client, tmp_path):
@@ -141,22 +143,22 @@ def test_changed_generation_redoes_exactly_the_steps_downstream(first_run, store
         "register": False,
     }
     # Still passes the gates: a new version, and champion moves to it.
-    assert client.get_model_version_by_alias(MODEL_NAME, "champion").version == "2"
+    assert str(client.get_model_version_by_alias(MODEL_NAME, "champion").version) == "2"
 
 
 def test_forced_rerun_registers_nothing_new(first_run, store, client):
     count = len(versions(client))
-    champion = client.get_model_version_by_alias(MODEL_NAME, "champion").version
+    champion = str(client.get_model_version_by_alias(MODEL_NAME, "champion").version)
     result = mlflow_run(str(PROJECT_DIR), store, "-P", "use_cache=false")
     assert result.returncode == 0, result.stderr[-3000:]
     assert not any(step_reuse(parent_runs(client)[0]).values())
     assert len(versions(client)) == count
-    assert client.get_model_version_by_alias(MODEL_NAME, "champion").version == champion
+    assert str(client.get_model_version_by_alias(MODEL_NAME, "champion").version) == champion
     assert "already registered" in result.stdout
 
 
 def test_worse_model_is_refused_and_the_champion_kept(first_run, store, client, tmp_path):
-    champion = client.get_model_version_by_alias(MODEL_NAME, "champion").version
+    champion = str(client.get_model_version_by_alias(MODEL_NAME, "champion").version)
     count = len(versions(client))
     config = variant_config(tmp_path, source={"model": "builtin:tiny-phi3-untrained"})
     result = mlflow_run(str(PROJECT_DIR), store, config=str(config))
@@ -167,7 +169,7 @@ def test_worse_model_is_refused_and_the_champion_kept(first_run, store, client, 
     assert register.info.status == "FAILED"
     assert "min_accuracy 0.800" in register.data.tags["slmflow.error"]
     assert "step 'register' failed" in result.stderr and "accuracy" in result.stderr
-    assert client.get_model_version_by_alias(MODEL_NAME, "champion").version == champion
+    assert str(client.get_model_version_by_alias(MODEL_NAME, "champion").version) == champion
     assert len(versions(client)) == count
 
 
@@ -216,7 +218,15 @@ def git_daemon(tmp_path):
     subprocess.run(["git", "clone", "--quiet", "--bare", str(PROJECT_DIR), str(served / "slmflow.git")], check=True)
     port = free_port()
     daemon = subprocess.Popen(
-        ["git", "daemon", f"--base-path={served}", "--export-all", "--reuseaddr", "--listen=127.0.0.1", f"--port={port}"],
+        [
+            "git",
+            "daemon",
+            f"--base-path={served}",
+            "--export-all",
+            "--reuseaddr",
+            "--listen=127.0.0.1",
+            f"--port={port}",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -245,4 +255,4 @@ def test_run_from_a_remote_git_url_at_a_commit(git_daemon, tmp_path):
     children = children_of(client, parent.info.run_id)
     assert sorted(children) == sorted(STEPS)
     assert all(run.data.tags["mlflow.source.git.commit"] == commit for run in children.values())
-    assert client.get_model_version_by_alias(MODEL_NAME, "champion").version == "1"
+    assert str(client.get_model_version_by_alias(MODEL_NAME, "champion").version) == "1"

@@ -1,0 +1,129 @@
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from slmflow.config import Gates, RegistryConfig, SelectionRule
+from slmflow.errors import GateFailedError
+from slmflow.registry import Candidate, Registrar, candidates_from_evaluation, choose_candidate, gate_failures
+
+GOOD = {"accuracy": 0.95, "tokens_per_second": 300.0, "latency_p50_s": 0.05}
+
+
+def candidates(onnx_accuracy=0.9, transformers_accuracy=0.95):
+    return {
+        "onnx-chat": Candidate("onnx-chat", "models:/m-onnx", {**GOOD, "accuracy": onnx_accuracy}),
+        "transformers-chat": Candidate(
+            "transformers-chat", "models:/m-tf", {**GOOD, "accuracy": transformers_accuracy, "tokens_per_second": 50.0}
+        ),
+    }
+
+
+def test_best_accuracy_rule_and_tie_break_by_speed():
+    assert choose_candidate(candidates(0.9, 0.95), SelectionRule()).flavor == "transformers-chat"
+    assert choose_candidate(candidates(0.95, 0.95), SelectionRule()).flavor == "onnx-chat"
+
+
+def test_prefer_onnx_within_margin_only():
+    rule = SelectionRule(rule="prefer_onnx", onnx_accuracy_margin=0.05)
+    assert choose_candidate(candidates(0.91, 0.95), rule).flavor == "onnx-chat"
+    assert choose_candidate(candidates(0.80, 0.95), rule).flavor == "transformers-chat"
+
+
+def test_gates_name_the_numbers():
+    gates = Gates(min_accuracy=0.8, min_tokens_per_second=500, max_accuracy_regression=0.05, max_latency_regression=0.5)
+    failures = gate_failures(
+        {"accuracy": 0.5, "tokens_per_second": 10.0, "latency_p50_s": 1.0},
+        gates,
+        champion={"accuracy": 0.9, "latency_p50_s": 0.1},
+    )
+    assert failures == [
+        "accuracy 0.500 < min_accuracy 0.800",
+        "tokens_per_second 10.0 < min_tokens_per_second 500.0",
+        "accuracy 0.500 regresses against the champion's 0.900 by more than max_accuracy_regression 0.050",
+        "latency_p50_s 1.0000 exceeds the champion's 0.1000 by more than max_latency_regression 0.50",
+    ]
+    assert gate_failures(GOOD, gates.model_copy(update={"min_tokens_per_second": 0}), None) == []
+
+
+@pytest.fixture
+def logged_uri(tracking_store):
+    from slmflow.flavors import CHAT_EXAMPLE
+
+    class Echo(mlflow.pyfunc.PythonModel):
+        def predict(self, context, model_input, params=None):
+            return model_input
+
+    with mlflow.start_run():
+        return (
+            f"models:/{mlflow.pyfunc.log_model(name='echo', python_model=Echo(), input_example=CHAT_EXAMPLE).model_id}"
+        )
+
+
+def identity(revision="r1", config="c1", commit="g1"):
+    return {"source_revision": revision, "config_hash": config, "git_commit": commit}
+
+
+def registrar(**gates) -> Registrar:
+    return Registrar(RegistryConfig(model_name="reg-test", gates=Gates(**gates)))
+
+
+def test_register_tags_describes_and_promotes(logged_uri):
+    result = registrar(min_accuracy=0.8).register(
+        Candidate("onnx-chat", logged_uri, GOOD), identity(), {"source": "builtin:tiny-phi3"}, "why"
+    )
+    assert result.created and result.promoted
+    client = MlflowClient()
+    version = client.get_model_version("reg-test", result.version.version)
+    assert version.description == "why"
+    assert version.tags["flavor"] == "onnx-chat"
+    assert version.tags["source_revision"] == "r1" and version.tags["gates"] == "passed"
+    assert float(version.tags["metric.accuracy"]) == GOOD["accuracy"]
+    assert client.get_model_version_by_alias("reg-test", "champion").version == result.version.version
+    assert client.get_model_version_by_alias("reg-test", "challenger").version == result.version.version
+
+
+def test_same_identity_registers_nothing_new(logged_uri):
+    first = registrar().register(Candidate("onnx-chat", logged_uri, GOOD), identity(), {}, "d")
+    again = registrar().register(Candidate("onnx-chat", logged_uri, GOOD), identity(), {}, "d")
+    assert not again.created and again.version.version == first.version.version
+    changed = registrar().register(Candidate("onnx-chat", logged_uri, GOOD), identity(config="c2"), {}, "d")
+    assert changed.created and changed.version.version != first.version.version
+
+
+def test_failed_gate_registers_nothing_and_keeps_the_champion(logged_uri):
+    first = registrar().register(Candidate("onnx-chat", logged_uri, GOOD), identity(), {}, "d")
+    worse = {**GOOD, "accuracy": 0.2}
+    with pytest.raises(
+        GateFailedError, match=r"accuracy 0.200 < min_accuracy 0.800.*nothing registered; champion stays"
+    ):
+        registrar(min_accuracy=0.8).register(Candidate("onnx-chat", logged_uri, worse), identity("r2"), {}, "d")
+    client = MlflowClient()
+    assert len(client.search_model_versions("name = 'reg-test'")) == 1
+    assert client.get_model_version_by_alias("reg-test", "champion").version == first.version.version
+
+
+def test_regression_against_the_champion_is_refused(logged_uri):
+    registrar().register(Candidate("onnx-chat", logged_uri, GOOD), identity(), {}, "d")
+    slightly_worse = {**GOOD, "accuracy": GOOD["accuracy"] - 0.1}
+    with pytest.raises(GateFailedError, match="regresses against the champion"):
+        registrar(max_accuracy_regression=0.05).register(
+            Candidate("onnx-chat", logged_uri, slightly_worse), identity("r2"), {}, "d"
+        )
+
+
+def test_register_on_gate_failure_parks_the_version_without_promotion(logged_uri):
+    config = RegistryConfig(model_name="reg-test", gates=Gates(min_accuracy=0.99), register_on_gate_failure=True)
+    with pytest.raises(GateFailedError, match="registered as version 1 without promotion; there is no champion"):
+        Registrar(config).register(Candidate("onnx-chat", logged_uri, GOOD), identity(), {}, "d")
+    client = MlflowClient()
+    [version] = client.search_model_versions("name = 'reg-test'")
+    assert version.tags["gates"].startswith("failed: accuracy 0.950 < min_accuracy 0.990")
+    assert Registrar(config).champion() is None
+
+
+def test_candidates_are_read_from_the_evaluate_run(tracking_store):
+    with mlflow.start_run() as run:
+        mlflow.set_tag("slmflow.candidate.onnx-chat", "models:/m-1")
+        mlflow.log_metrics({"onnx-chat/accuracy": 1.0, "onnx-chat/tokens_per_second": 9.0, "agreement_rate": 1.0})
+    found = candidates_from_evaluation(MlflowClient().get_run(run.info.run_id))
+    assert found == {"onnx-chat": Candidate("onnx-chat", "models:/m-1", {"accuracy": 1.0, "tokens_per_second": 9.0})}
