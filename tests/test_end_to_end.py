@@ -131,8 +131,12 @@ def test_rerun_with_nothing_changed_reuses_every_step(first_run, store, client):
 
 
 def test_changed_generation_redoes_exactly_the_steps_downstream(first_run, store, client, tmp_path):
-    config = variant_config(tmp_path, generation={"max_new_tokens": 20})
-    result = mlflow_run(str(PROJECT_DIR), store, config=str(config))
+    """A checkout at the same commit whose configs/tiny.yaml was edited, as a user edits it."""
+    checkout = tmp_path / "checkout"
+    subprocess.run(["git", "clone", "--quiet", str(PROJECT_DIR), str(checkout)], check=True)
+    edited = variant_config(tmp_path, generation={"max_new_tokens": 20})
+    shutil.copy(edited, checkout / "configs" / "tiny.yaml")
+    result = mlflow_run(str(checkout), store)
     assert result.returncode == 0, result.stderr[-3000:]
     latest = parent_runs(client)[0]
     assert step_reuse(latest) == {
