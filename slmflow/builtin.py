@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from slmflow.cache import build_once
 from slmflow.errors import UnknownBuiltinModelError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -64,6 +62,16 @@ class BuiltinSpec:
 BUILTIN_MODELS: dict[str, BuiltinSpec] = {
     "tiny-phi3": BuiltinSpec(name="tiny-phi3", train_steps=400),
     "tiny-phi3-untrained": BuiltinSpec(name="tiny-phi3-untrained", train_steps=0),
+    # ~100M parameters with random weights: speed does not depend on weight values.
+    "bench-phi3-100m": BuiltinSpec(
+        name="bench-phi3-100m",
+        train_steps=0,
+        hidden_size=1024,
+        intermediate_size=2816,
+        num_hidden_layers=8,
+        num_attention_heads=16,
+        max_position_embeddings=2048,
+    ),
 }
 
 
@@ -116,21 +124,7 @@ def ensure_builtin_model(name: str, cache_root: Path) -> Path:
     """Return the folder of a builtin model, building it once per recipe into the cache."""
     spec = builtin_spec(name)
     target = cache_root / "builtin" / f"{spec.name}-{spec_fingerprint(spec)}"
-    if (target / "config.json").exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{spec.name}-", dir=target.parent))
-    try:
-        build_builtin_model(spec, staging)
-        try:
-            os.rename(staging, target)
-        except OSError:
-            # Another process finished the same build first; its result is identical.
-            if not (target / "config.json").exists():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    return build_once(target, "config.json", lambda output: build_builtin_model(spec, output))
 
 
 def _train_tokenizer(spec: BuiltinSpec):

@@ -12,7 +12,8 @@ import re
 import resource
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -239,45 +240,50 @@ def example_table(examples: Sequence[EvalExample], reports: Sequence[ModelReport
     return table
 
 
-def plot_latency(reports: Sequence[ModelReport], path: Path) -> None:
+@contextmanager
+def _figure(path: Path, size: tuple[float, float]) -> Iterator[Any]:
+    """A matplotlib axis drawn off-screen and saved as PNG on exit."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(7, 4))
-    axis.boxplot([[r.latency_s * 1000 for r in report.results] for report in reports], showmeans=True)
-    axis.set_xticks(range(1, len(reports) + 1), [report.name for report in reports])
-    axis.set_ylabel("latency per request (ms)")
-    axis.set_title("Latency distribution per model")
-    axis.grid(axis="y", alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    figure, axis = plt.subplots(figsize=size)
+    try:
+        yield axis
+        axis.grid(alpha=0.3)
+        figure.tight_layout()
+        figure.savefig(path, dpi=100)
+    finally:
+        plt.close(figure)
+
+
+def plot_latency(reports: Sequence[ModelReport], path: Path) -> None:
+    with _figure(path, (7, 4)) as axis:
+        axis.boxplot([[r.latency_s * 1000 for r in report.results] for report in reports], showmeans=True)
+        axis.set_xticks(range(1, len(reports) + 1), [report.name for report in reports])
+        axis.set_ylabel("latency per request (ms, lower is better)")
+        axis.set_title("Latency distribution per model")
 
 
 def plot_accuracy_vs_speed(reports: Sequence[ModelReport], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(6, 4))
-    for report in reports:
-        metrics = report.metrics()
-        axis.scatter(metrics["tokens_per_second"], metrics["accuracy"], s=80)
-        axis.annotate(
-            report.name, (metrics["tokens_per_second"], metrics["accuracy"]), textcoords="offset points", xytext=(6, 6)
-        )
-    axis.set_xlabel("completion tokens / s")
-    axis.set_ylabel("accuracy (contains answer)")
-    axis.set_ylim(-0.05, 1.05)
-    axis.set_xlim(left=0)
-    axis.set_title("Accuracy vs speed")
-    axis.grid(alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    points = [(report.name, report.metrics()) for report in reports]
+    with _figure(path, (6, 4)) as axis:
+        for name, metrics in points:
+            axis.scatter(metrics["tokens_per_second"], metrics["accuracy"], s=80)
+            axis.annotate(
+                f"{name}\n{metrics['accuracy']:.0%}, {metrics['tokens_per_second']:.0f} tok/s",
+                (metrics["tokens_per_second"], metrics["accuracy"]),
+                textcoords="offset points",
+                xytext=(0, -28),
+                ha="center",
+                fontsize=8,
+            )
+        axis.set_xlabel("completion tokens / s (higher is better)")
+        axis.set_ylabel("accuracy, contains answer (higher is better)")
+        axis.set_ylim(-0.15, 1.1)
+        axis.set_xlim(0, 1.25 * max(m["tokens_per_second"] for _, m in points) or 1)
+        axis.set_title("Accuracy vs speed")
 
 
 def report_summary(reports: Sequence[ModelReport]) -> dict[str, Any]:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
+from slmflow.cache import build_once
 from slmflow.config import BuilderOptions
 from slmflow.errors import OnnxBuildError
 
@@ -35,15 +35,11 @@ def builder_command(checkpoint_dir: Path, out_dir: Path, cache_dir: Path, option
 
 
 def build_onnx(checkpoint_dir: Path, target: Path, options: BuilderOptions) -> Path:
-    """Build into `target` once (atomically), verify the quantization, and return `target`."""
-    if (target / "genai_config.json").exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        out_dir, cache_dir = staging / "model", staging / "cache"
+    """Build into `target` once, verify the quantization, and return `target`."""
+
+    def build(out_dir: Path) -> None:
         result = subprocess.run(
-            builder_command(checkpoint_dir, out_dir, cache_dir, options),
+            builder_command(checkpoint_dir, out_dir, out_dir.parent / "builder-cache", options),
             capture_output=True,
             text=True,
             check=False,
@@ -53,14 +49,8 @@ def build_onnx(checkpoint_dir: Path, target: Path, options: BuilderOptions) -> P
             raise OnnxBuildError(f"the onnxruntime-genai builder failed on {checkpoint_dir}:\n{tail}")
         copy_chat_template(checkpoint_dir, out_dir)
         verify_quantization(out_dir, options)
-        try:
-            out_dir.rename(target)
-        except OSError:
-            if not (target / "genai_config.json").exists():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+
+    return build_once(target, "genai_config.json", build)
 
 
 def copy_chat_template(checkpoint_dir: Path, out_dir: Path) -> None:

@@ -1,0 +1,265 @@
+"""Speed of the logged ONNX chat model against a plain onnxruntime-genai loop, on two model sizes.
+
+Every comparison is measured in the same process, interleaved, repeated; medians are reported with
+ratios. The plain loop is what a user would write: encode, append_tokens, generate_next_token until
+done, decode. Both sides generate exactly the same number of tokens (min_length = max_length).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import resource
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.report import write_report
+
+MODELS = {"tiny-phi3": "builtin:tiny-phi3", "bench-phi3-100m": "builtin:bench-phi3-100m"}
+COUNTRIES = ["Spain", "Kenya", "Peru", "Japan", "Norway", "Chile", "Egypt", "Poland"]
+
+
+def messages(country: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": f"What is the capital of {country}?"}]
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+# The plain onnxruntime-genai loop: the reference the pyfunc model is held to.
+
+
+def plain_loop(model, tokenizer, prompts: list[str], new_tokens: int) -> dict[str, float]:
+    import onnxruntime_genai as og
+
+    started = time.perf_counter()
+    if len(prompts) == 1:
+        tokens = tokenizer.encode(prompts[0])
+        prompt_length = len(tokens)
+    else:
+        tokens = tokenizer.encode_batch(prompts)
+        prompt_length = max(len(tokenizer.encode(p)) for p in prompts)
+    params = og.GeneratorParams(model)
+    total = prompt_length + new_tokens
+    params.set_search_options(max_length=total, min_length=total, batch_size=len(prompts), do_sample=False)
+    generator = og.Generator(model, params)
+    generator.append_tokens(tokens)
+    first = None
+    generated = 0
+    while not generator.is_done():
+        generator.generate_next_token()
+        generator.get_next_tokens()
+        generated += 1
+        if first is None:
+            first = time.perf_counter() - started
+    for row in range(len(prompts)):
+        tokenizer.decode(generator.get_sequence(row)[prompt_length:])
+    elapsed = time.perf_counter() - started
+    return {"seconds": elapsed, "tokens": generated * len(prompts), "ttft": first}
+
+
+def pyfunc_single(pyfunc, country: str, new_tokens: int) -> dict[str, float]:
+    request = {"messages": messages(country), "max_tokens": new_tokens, "min_tokens": new_tokens}
+    started = time.perf_counter()
+    out = pyfunc.predict(request)
+    elapsed = time.perf_counter() - started
+    return {"seconds": elapsed, "tokens": out["usage"]["completion_tokens"]}
+
+
+def pyfunc_ttft(pyfunc, country: str, new_tokens: int) -> float:
+    request = {"messages": messages(country), "max_tokens": new_tokens, "min_tokens": new_tokens}
+    started = time.perf_counter()
+    for chunk in pyfunc.predict_stream(request):
+        if chunk["choices"][0]["delta"].get("content"):
+            return time.perf_counter() - started
+    raise RuntimeError("no content streamed")
+
+
+def pyfunc_batch(pyfunc, countries: list[str], new_tokens: int) -> dict[str, float]:
+    import pandas as pd
+
+    frame = pd.DataFrame({"messages": [messages(c) for c in countries]})
+    started = time.perf_counter()
+    outs = pyfunc.predict(frame, params={"max_tokens": new_tokens, "min_tokens": new_tokens})
+    elapsed = time.perf_counter() - started
+    return {"seconds": elapsed, "tokens": sum(o["usage"]["completion_tokens"] for o in outs)}
+
+
+def pyfunc_sequential(pyfunc, countries: list[str], new_tokens: int) -> dict[str, float]:
+    runs = [pyfunc_single(pyfunc, c, new_tokens) for c in countries]
+    return {"seconds": sum(r["seconds"] for r in runs), "tokens": sum(r["tokens"] for r in runs)}
+
+
+def transformers_predict(pyfunc, countries: list[str], new_tokens: int) -> dict[str, float]:
+    started = time.perf_counter()
+    tokens = 0
+    for country in countries:
+        [out] = pyfunc.predict({"messages": messages(country), "max_tokens": new_tokens})
+        tokens += out["usage"]["completion_tokens"]
+    return {"seconds": time.perf_counter() - started, "tokens": tokens}
+
+
+def tokens_per_second(runs: list[dict[str, float]]) -> float:
+    return median([r["tokens"] / r["seconds"] for r in runs])
+
+
+def read_bandwidth_gb_s(repeats: int = 7) -> float:
+    """Sequential read bandwidth of this machine: sum over a 512 MiB array, median of repeats."""
+    import numpy as np
+
+    data = np.ones(64 * 2**20, dtype=np.float64)
+    data.sum()
+    timings = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        data.sum()
+        timings.append(time.perf_counter() - started)
+    return data.nbytes / median(timings) / 1e9
+
+
+def weight_bytes(onnx_dir: Path) -> int:
+    return sum(p.stat().st_size for p in onnx_dir.iterdir() if p.suffix in {".onnx", ".data"})
+
+
+def peak_rss_mb(kind: str, target: str, new_tokens: int) -> float:
+    """Peak RSS of a fresh process that loads one model and answers one request."""
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(1) as pool:
+        return pool.apply(_one_request_rss, (kind, target, new_tokens))
+
+
+def _one_request_rss(kind: str, target: str, new_tokens: int) -> float:
+    if kind == "plain":
+        import onnxruntime_genai as og
+
+        model = og.Model(target)
+        tokenizer = og.Tokenizer(model)
+        prompt = tokenizer.apply_chat_template(json.dumps(messages("Spain")), add_generation_prompt=True)
+        plain_loop(model, tokenizer, [prompt], new_tokens)
+    else:
+        import mlflow
+
+        pyfunc_single(mlflow.pyfunc.load_model(target), "Spain", new_tokens)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def measure(name: str, source: str, new_tokens: int, repeats: int, store: Path) -> dict:
+    import mlflow
+    import onnxruntime_genai as og
+
+    from slmflow.config import GenerationConfig, RuntimeConfig, Settings, SourceConfig
+    from slmflow.flavors import log_onnx_chat_model, log_transformers_chat_model
+    from slmflow.sources import fetch_model
+
+    fetched = fetch_model(SourceConfig(model=source), Settings.from_environment())
+    mlflow.set_tracking_uri(f"sqlite:///{store / 'mlflow.db'}")
+    generation = GenerationConfig(max_new_tokens=new_tokens)
+    with mlflow.start_run():
+        onnx_uri = log_onnx_chat_model(fetched.onnx_dir, generation, RuntimeConfig())
+        transformers_uri = log_transformers_chat_model(fetched.checkpoint_dir, SourceConfig(model=source), generation)
+    pyfunc = mlflow.pyfunc.load_model(onnx_uri)
+    transformers = mlflow.pyfunc.load_model(transformers_uri)
+    model = og.Model(str(fetched.onnx_dir))
+    tokenizer = og.Tokenizer(model)
+    prompts = [tokenizer.apply_chat_template(json.dumps(messages(c)), add_generation_prompt=True) for c in COUNTRIES]
+
+    # Warm up every path once, then interleave the repeats so drift hits all of them alike.
+    plain_loop(model, tokenizer, prompts[:1], new_tokens)
+    pyfunc_single(pyfunc, COUNTRIES[0], new_tokens)
+    samples: dict[str, list] = {k: [] for k in ("plain1", "pyfunc1", "plain8", "pyfunc8", "seq8", "ttft", "tf")}
+    for repeat in range(repeats):
+        country = COUNTRIES[repeat % len(COUNTRIES)]
+        samples["plain1"].append(plain_loop(model, tokenizer, [prompts[repeat % len(prompts)]], new_tokens))
+        samples["pyfunc1"].append(pyfunc_single(pyfunc, country, new_tokens))
+        samples["plain8"].append(plain_loop(model, tokenizer, prompts, new_tokens))
+        samples["pyfunc8"].append(pyfunc_batch(pyfunc, COUNTRIES, new_tokens))
+        samples["seq8"].append(pyfunc_sequential(pyfunc, COUNTRIES, new_tokens))
+        samples["ttft"].append(pyfunc_ttft(pyfunc, country, new_tokens))
+        if repeat < 3:
+            samples["tf"].append(transformers_predict(transformers, COUNTRIES[:2], new_tokens))
+
+    plain1, pyfunc1 = tokens_per_second(samples["plain1"]), tokens_per_second(samples["pyfunc1"])
+    plain8, pyfunc8, seq8 = (tokens_per_second(samples[k]) for k in ("plain8", "pyfunc8", "seq8"))
+    plain_ttft = median([r["ttft"] for r in samples["plain1"]])
+    decode = median([(new_tokens - 1) / (r["seconds"] - r["ttft"]) for r in samples["plain1"]])
+    bandwidth = read_bandwidth_gb_s()
+    weights = weight_bytes(fetched.onnx_dir)
+    bound = bandwidth * 1e9 / weights
+    return {
+        "model": name,
+        "weights_mb": round(weights / 2**20, 2),
+        "new_tokens": new_tokens,
+        "repeats": repeats,
+        "tokens_per_second": {
+            "plain_single": plain1,
+            "pyfunc_single": pyfunc1,
+            "plain_batch8": plain8,
+            "pyfunc_batch8": pyfunc8,
+            "pyfunc_sequential8": seq8,
+            "transformers_sequential": tokens_per_second(samples["tf"]),
+        },
+        "ratios": {
+            "pyfunc_single / plain_single": pyfunc1 / plain1,
+            "pyfunc_batch8 / plain_batch8": pyfunc8 / plain8,
+            "pyfunc_batch8 / pyfunc_sequential8": pyfunc8 / seq8,
+            "onnx_pyfunc_single / transformers": pyfunc1 / tokens_per_second(samples["tf"]),
+        },
+        "ttft_ms": {"plain": plain_ttft * 1000, "pyfunc_stream": median(samples["ttft"]) * 1000},
+        "peak_rss_mb": {
+            "plain": peak_rss_mb("plain", str(fetched.onnx_dir), new_tokens),
+            "pyfunc": peak_rss_mb("pyfunc", onnx_uri, new_tokens),
+        },
+        "memory_bandwidth": {
+            "read_gb_s": bandwidth,
+            "decode_tokens_per_second": decode,
+            "bound_tokens_per_second": bound,
+            "fraction_of_bound": decode / bound,
+        },
+    }
+
+
+def table(results: list[dict]) -> str:
+    lines = [
+        "| model | weights MB | plain 1 tok/s | pyfunc 1 tok/s | ratio (≥0.97) | plain 8 tok/s | pyfunc 8 tok/s "
+        "| ratio (≥0.95) | 8 one-by-one tok/s | batch gain (≥1.5) | vs transformers | TTFT plain / stream ms "
+        "| peak RSS plain / pyfunc MB | decode / bandwidth bound |",
+        "|" + "---|" * 14,
+    ]
+    for r in results:
+        t, q = r["tokens_per_second"], r["ratios"]
+        lines.append(
+            f"| {r['model']} | {r['weights_mb']} | {t['plain_single']:.0f} | {t['pyfunc_single']:.0f} "
+            f"| {q['pyfunc_single / plain_single']:.3f} | {t['plain_batch8']:.0f} | {t['pyfunc_batch8']:.0f} "
+            f"| {q['pyfunc_batch8 / plain_batch8']:.3f} | {t['pyfunc_sequential8']:.0f} "
+            f"| {q['pyfunc_batch8 / pyfunc_sequential8']:.2f}x | {q['onnx_pyfunc_single / transformers']:.1f}x "
+            f"| {r['ttft_ms']['plain']:.1f} / {r['ttft_ms']['pyfunc_stream']:.1f} "
+            f"| {r['peak_rss_mb']['plain']:.0f} / {r['peak_rss_mb']['pyfunc']:.0f} "
+            f"| {r['memory_bandwidth']['decode_tokens_per_second']:.0f} / "
+            f"{r['memory_bandwidth']['bound_tokens_per_second']:.0f} tok/s "
+            f"({r['memory_bandwidth']['fraction_of_bound']:.0%}) |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    results = []
+    with tempfile.TemporaryDirectory() as store:
+        for name in args.models:
+            results.append(measure(name, MODELS[name], args.new_tokens, args.repeats, Path(store)))
+            print(json.dumps(results[-1], indent=2), flush=True)
+    write_report("onnx-chat-speed", results, table(results))
+
+
+if __name__ == "__main__":
+    main()
