@@ -1,0 +1,63 @@
+import os
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from slmflow.errors import SourceError
+from slmflow.step import CONFIG_HASH_TAG, ERROR_TAG, run_step
+from tests.conftest import PROJECT_DIR
+
+TINY = ["--config", str(PROJECT_DIR / "configs" / "tiny.yaml")]
+
+
+def only_run() -> object:
+    [run] = MlflowClient().search_runs(["0"])
+    return run
+
+
+def test_body_runs_inside_a_run_with_the_config_hash(tracking_store, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    seen = {}
+
+    def body(args, config, settings):
+        seen["model"] = config.source.model
+        seen["offline"] = os.environ.get("HF_HUB_OFFLINE")
+        mlflow.log_param("x", "1")
+
+    run_step("test", body, argv=TINY)
+    run = only_run()
+    assert run.info.status == "FINISHED"
+    assert seen == {"model": "builtin:tiny-phi3", "offline": "1"}  # the builtin path never waits on a hub
+    assert len(run.data.tags[CONFIG_HASH_TAG]) == 16
+
+
+def test_user_error_fails_the_run_with_one_clear_line(tracking_store, capsys):
+    def body(args, config, settings):
+        raise SourceError("cannot fetch hub repo 'a/b'")
+
+    with pytest.raises(SystemExit) as exited:
+        run_step("test", body, argv=TINY)
+    assert exited.value.code == 1
+    run = only_run()
+    assert run.info.status == "FAILED"
+    assert run.data.tags[ERROR_TAG] == "SourceError: cannot fetch hub repo 'a/b'"
+    err = capsys.readouterr().err
+    assert err.strip() == "error: SourceError: cannot fetch hub repo 'a/b'"
+
+
+def test_unexpected_error_keeps_its_traceback(tracking_store, capsys):
+    def body(args, config, settings):
+        raise KeyError("bug")
+
+    with pytest.raises(SystemExit):
+        run_step("test", body, argv=TINY)
+    assert only_run().info.status == "FAILED"
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_bad_config_fails_before_the_body(tracking_store, tmp_path):
+    (tmp_path / "c.yaml").write_text("source: {model: builtin:tiny-phi3}\nbogus: 1\n")
+    with pytest.raises(SystemExit):
+        run_step("test", lambda *a: pytest.fail("body ran"), argv=["--config", str(tmp_path / "c.yaml")])
+    assert "bogus: unknown key" in only_run().data.tags[ERROR_TAG]
