@@ -73,6 +73,11 @@ class StepResult:
     run: Run
     cached: bool
 
+    def has_folders(self, *names: str) -> bool:
+        """Whether the folders this run recorded still exist (a cache may have been cleared since)."""
+        paths = [self.run.data.tags.get(OUTPUT_TAG_PREFIX + name) for name in names]
+        return all(path and Path(path).is_dir() for path in paths)
+
     def output(self, name: str) -> str:
         value = self.run.data.tags.get(OUTPUT_TAG_PREFIX + name)
         if value is None:
@@ -174,7 +179,7 @@ def run_pipeline(config: PipelineConfig, config_arg: str, use_cache: bool) -> di
     fetched = runner.run(
         "fetch_model",
         {"config": config_arg},
-        outputs_valid=lambda r: all(Path(r.output(n)).is_dir() for n in ("checkpoint_dir", "onnx_dir")),
+        outputs_valid=lambda result: result.has_folders("checkpoint_dir", "onnx_dir"),
     )
     onnx = runner.run("log_onnx_wrapper", {"config": config_arg, "onnx_dir": fetched.output("onnx_dir")})
     transformers = runner.run(

@@ -51,3 +51,18 @@ def test_extra_inputs_such_as_the_eval_set_digest_count():
 
 def test_code_hash_covers_the_step_file():
     assert code_hash("fetch_model") != code_hash("register")
+
+
+def test_a_cached_fetch_whose_folders_are_gone_is_not_reused(tmp_path):
+    from mlflow.entities import Run, RunData, RunInfo, RunTag
+
+    from slmflow.pipeline import OUTPUT_TAG_PREFIX, StepResult
+
+    def result(**outputs) -> StepResult:
+        tags = [RunTag(OUTPUT_TAG_PREFIX + k, str(v)) for k, v in outputs.items()]
+        info = RunInfo("r", "0", "u", "FINISHED", 0, 0, "active")
+        return StepResult(Run(info, RunData(tags=tags)), cached=True)
+
+    assert result(checkpoint_dir=tmp_path, onnx_dir=tmp_path).has_folders("checkpoint_dir", "onnx_dir")
+    assert not result(checkpoint_dir=tmp_path, onnx_dir=tmp_path / "gone").has_folders("checkpoint_dir", "onnx_dir")
+    assert not result(checkpoint_dir=tmp_path).has_folders("checkpoint_dir", "onnx_dir")
