@@ -188,16 +188,29 @@ def _evaluate_in_this_process(name: str, model_uri: str, examples: list[EvalExam
     load_seconds = time.perf_counter() - started
     stream = model.predict_stream if _supports_streaming(model) else None
     results, ttft = evaluate_loaded_model(model.predict, examples, stream, progress=name)
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return ModelReport(
         name=name,
         model_uri=model_uri,
         load_seconds=load_seconds,
-        peak_rss_mb=peak_kb / 1024,
+        peak_rss_mb=peak_rss_mb(),
         size_mb=_model_size_mb(model_uri),
         results=results,
         ttft_s=ttft,
     )
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process since it started.
+
+    Linux keeps ru_maxrss across exec, so a spawned child would report its parent's peak; VmHWM
+    belongs to the current address space alone.
+    """
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _supports_streaming(model) -> bool:

@@ -7,6 +7,7 @@ TokenizerStream, so one loaded model can serve concurrent requests.
 
 from __future__ import annotations
 
+import itertools
 import json
 import uuid
 from collections.abc import Iterator, Sequence
@@ -275,7 +276,7 @@ class OnnxChatModel(mlflow.pyfunc.PythonModel):
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         if request.is_chat:
             yield chat_completion_chunk(completion_id, {"role": "assistant", "content": ""}, None, self.model_name)
-        for piece, final in [first, *pieces]:
+        for piece, final in itertools.chain([first], pieces):
             if final is not None:
                 if request.is_chat:
                     yield chat_completion_chunk(completion_id, {}, final.finish_reason, self.model_name)

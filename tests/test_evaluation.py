@@ -99,3 +99,24 @@ def test_evaluate_step_logs_metrics_table_and_plots(logged_models, tiny_config):
     for plot in ("latency.png", "accuracy_vs_speed.png"):
         png = mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/eval/plots/{plot}")
         assert Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _child_peak() -> float:
+    from slmflow.evaluation import peak_rss_mb
+
+    return peak_rss_mb()
+
+
+def test_peak_rss_of_a_spawned_process_is_its_own():
+    """ru_maxrss survives exec on Linux; the evaluation's per-model peak must not include the parent's."""
+    import multiprocessing
+
+    import numpy as np
+
+    from slmflow.evaluation import peak_rss_mb
+
+    ballast = np.ones(300 * 2**20 // 8)
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        child = pool.apply(_child_peak)
+    assert ballast.sum() > 0
+    assert child < peak_rss_mb() - 200

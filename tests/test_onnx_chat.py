@@ -16,6 +16,10 @@ QUESTIONS = {
 }
 
 
+def user(content: str) -> dict[str, str]:
+    return {"role": "user", "content": content}
+
+
 def chat(country: str, **settings) -> ChatRequest:
     return ChatRequest(
         settings=SamplingSettings(**{"max_tokens": 24, **settings}),
@@ -169,3 +173,26 @@ def test_pyfunc_bad_input_is_an_invalid_parameter_error(onnx_pyfunc, body, messa
     with pytest.raises(MlflowException, match=message) as raised:
         onnx_pyfunc.predict(body)
     assert raised.value.error_code == "INVALID_PARAMETER_VALUE"
+
+
+def test_predict_stream_is_lazy():
+    """Each chunk leaves as soon as its piece is decoded, not after the whole answer."""
+    from slmflow.onnx_chat import Completion, OnnxChatModel
+
+    pulled = []
+
+    class StepEngine:
+        def stream(self, request):
+            for piece in ("The", " capital"):
+                pulled.append(piece)
+                yield piece, None
+            yield "", Completion("The capital", "length", 3, 2)
+
+    model = OnnxChatModel()
+    model.engine, model.model_name = StepEngine(), "onnx-chat"
+    model.defaults = SamplingSettings(max_tokens=2)
+    chunks = model.predict_stream(None, {"messages": [user("hi")]})
+    assert next(chunks)["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert next(chunks)["choices"][0]["delta"] == {"content": "The"}
+    assert pulled == ["The"]
+    assert [c["choices"][0]["delta"].get("content") for c in chunks] == [" capital", None]
