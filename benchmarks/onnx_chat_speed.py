@@ -11,15 +11,17 @@ import argparse
 import json
 import multiprocessing
 import os
-import resource
 import statistics
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 from benchmarks.report import write_report
+from slmflow.evaluation import peak_rss_mb
 
 MODELS = {"tiny-phi3": "builtin:tiny-phi3", "bench-phi3-100m": "builtin:bench-phi3-100m"}
+SETTLE_SECONDS = 0.2
 COUNTRIES = ["Spain", "Kenya", "Peru", "Japan", "Norway", "Chile", "Egypt", "Poland"]
 
 
@@ -126,7 +128,7 @@ def weight_bytes(onnx_dir: Path) -> int:
     return sum(p.stat().st_size for p in onnx_dir.iterdir() if p.suffix in {".onnx", ".data"})
 
 
-def peak_rss_mb(kind: str, target: str, new_tokens: int) -> float:
+def one_request_peak_rss_mb(kind: str, target: str, new_tokens: int) -> float:
     """Peak RSS of a fresh process that loads one model and answers one request."""
     context = multiprocessing.get_context("spawn")
     with context.Pool(1) as pool:
@@ -145,7 +147,7 @@ def _one_request_rss(kind: str, target: str, new_tokens: int) -> float:
         import mlflow
 
         pyfunc_single(mlflow.pyfunc.load_model(target), "Spain", new_tokens)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return peak_rss_mb()
 
 
 def measure(name: str, source: str, new_tokens: int, repeats: int, store: Path) -> dict:
@@ -173,15 +175,22 @@ def measure(name: str, source: str, new_tokens: int, repeats: int, store: Path) 
     pyfunc_single(pyfunc, COUNTRIES[0], new_tokens)
     samples: dict[str, list] = {k: [] for k in ("plain1", "pyfunc1", "plain8", "pyfunc8", "seq8", "ttft", "tf")}
     for repeat in range(repeats):
-        country = COUNTRIES[repeat % len(COUNTRIES)]
-        samples["plain1"].append(plain_loop(model, tokenizer, [prompts[repeat % len(prompts)]], new_tokens))
-        samples["pyfunc1"].append(pyfunc_single(pyfunc, country, new_tokens))
-        samples["plain8"].append(plain_loop(model, tokenizer, prompts, new_tokens))
-        samples["pyfunc8"].append(pyfunc_batch(pyfunc, COUNTRIES, new_tokens))
-        samples["seq8"].append(pyfunc_sequential(pyfunc, COUNTRIES, new_tokens))
-        samples["ttft"].append(pyfunc_ttft(pyfunc, country, new_tokens))
+        country, prompt = COUNTRIES[repeat % len(COUNTRIES)], prompts[repeat % len(prompts)]
+        runs = {
+            "plain1": partial(plain_loop, model, tokenizer, [prompt], new_tokens),
+            "pyfunc1": partial(pyfunc_single, pyfunc, country, new_tokens),
+            "plain8": partial(plain_loop, model, tokenizer, prompts, new_tokens),
+            "pyfunc8": partial(pyfunc_batch, pyfunc, COUNTRIES, new_tokens),
+            "seq8": partial(pyfunc_sequential, pyfunc, COUNTRIES, new_tokens),
+            "ttft": partial(pyfunc_ttft, pyfunc, country, new_tokens),
+        }
         if repeat < 3:
-            samples["tf"].append(transformers_predict(transformers, COUNTRIES[:2], new_tokens))
+            runs["tf"] = partial(transformers_predict, transformers, COUNTRIES[:2], new_tokens)
+        # Alternate the order so that whatever runs just before (a session's spinning threads,
+        # a warm cache) favours neither side; let idle thread pools settle between runs.
+        for key in runs if repeat % 2 == 0 else reversed(runs):
+            time.sleep(SETTLE_SECONDS)
+            samples[key].append(runs[key]())
 
     plain1, pyfunc1 = tokens_per_second(samples["plain1"]), tokens_per_second(samples["pyfunc1"])
     plain8, pyfunc8, seq8 = (tokens_per_second(samples[k]) for k in ("plain8", "pyfunc8", "seq8"))
@@ -211,8 +220,8 @@ def measure(name: str, source: str, new_tokens: int, repeats: int, store: Path) 
         },
         "ttft_ms": {"plain": plain_ttft * 1000, "pyfunc_stream": median(samples["ttft"]) * 1000},
         "peak_rss_mb": {
-            "plain": peak_rss_mb("plain", str(fetched.onnx_dir), new_tokens),
-            "pyfunc": peak_rss_mb("pyfunc", onnx_uri, new_tokens),
+            "plain": one_request_peak_rss_mb("plain", str(fetched.onnx_dir), new_tokens),
+            "pyfunc": one_request_peak_rss_mb("pyfunc", onnx_uri, new_tokens),
         },
         "memory_bandwidth": {
             "read_gb_s": bandwidth,
@@ -250,7 +259,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=6)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     results = []
