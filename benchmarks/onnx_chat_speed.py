@@ -18,7 +18,7 @@ from functools import partial
 from pathlib import Path
 
 from benchmarks.report import write_report
-from slmflow.evaluation import peak_rss_mb
+from slmflow.evaluation import completion_tokens, peak_rss_mb
 
 MODELS = {"tiny-phi3": "builtin:tiny-phi3", "bench-phi3-100m": "builtin:bench-phi3-100m"}
 SETTLE_SECONDS = 0.2
@@ -97,17 +97,27 @@ def pyfunc_sequential(pyfunc, countries: list[str], new_tokens: int) -> dict[str
     return {"seconds": sum(r["seconds"] for r in runs), "tokens": sum(r["tokens"] for r in runs)}
 
 
-def transformers_predict(pyfunc, countries: list[str], new_tokens: int) -> dict[str, float]:
+def predict_sequential(pyfunc, countries: list[str], new_tokens: int) -> dict[str, float]:
+    """Plain chat requests one after another, ending where each model ends them (any flavor)."""
     started = time.perf_counter()
     tokens = 0
     for country in countries:
-        [out] = pyfunc.predict({"messages": messages(country), "max_tokens": new_tokens})
-        tokens += out["usage"]["completion_tokens"]
+        tokens += completion_tokens(pyfunc.predict({"messages": messages(country), "max_tokens": new_tokens}))
     return {"seconds": time.perf_counter() - started, "tokens": tokens}
 
 
 def tokens_per_second(runs: list[dict[str, float]]) -> float:
     return median([r["tokens"] / r["seconds"] for r in runs])
+
+
+def paired_ratio(numerators: list[dict[str, float]], denominators: list[dict[str, float]]) -> float:
+    """Median of the ratios of runs made back to back: drift of a shared machine cancels out."""
+    return median(
+        [
+            (a["tokens"] / a["seconds"]) / (b["tokens"] / b["seconds"])
+            for a, b in zip(numerators, denominators, strict=True)
+        ]
+    )
 
 
 def read_bandwidth_gb_s(repeats: int = 7) -> float:
@@ -165,7 +175,6 @@ def measure(name: str, source: str, new_tokens: int, repeats: int, store: Path) 
         onnx_uri = log_onnx_chat_model(fetched.onnx_dir, generation, RuntimeConfig())
         transformers_uri = log_transformers_chat_model(fetched.checkpoint_dir, SourceConfig(model=source), generation)
     pyfunc = mlflow.pyfunc.load_model(onnx_uri)
-    transformers = mlflow.pyfunc.load_model(transformers_uri)
     model = og.Model(str(fetched.onnx_dir))
     tokenizer = og.Tokenizer(model)
     prompts = [tokenizer.apply_chat_template(json.dumps(messages(c)), add_generation_prompt=True) for c in COUNTRIES]
@@ -173,7 +182,7 @@ def measure(name: str, source: str, new_tokens: int, repeats: int, store: Path) 
     # Warm up every path once, then interleave the repeats so drift hits all of them alike.
     plain_loop(model, tokenizer, prompts[:1], new_tokens)
     pyfunc_single(pyfunc, COUNTRIES[0], new_tokens)
-    samples: dict[str, list] = {k: [] for k in ("plain1", "pyfunc1", "plain8", "pyfunc8", "seq8", "ttft", "tf")}
+    samples: dict[str, list] = {k: [] for k in ("plain1", "pyfunc1", "plain8", "pyfunc8", "seq8", "ttft")}
     for repeat in range(repeats):
         country, prompt = COUNTRIES[repeat % len(COUNTRIES)], prompts[repeat % len(prompts)]
         runs = {
@@ -184,13 +193,21 @@ def measure(name: str, source: str, new_tokens: int, repeats: int, store: Path) 
             "seq8": partial(pyfunc_sequential, pyfunc, COUNTRIES, new_tokens),
             "ttft": partial(pyfunc_ttft, pyfunc, country, new_tokens),
         }
-        if repeat < 3:
-            runs["tf"] = partial(transformers_predict, transformers, COUNTRIES[:2], new_tokens)
         # Alternate the order so that whatever runs just before (a session's spinning threads,
         # a warm cache) favours neither side; let idle thread pools settle between runs.
         for key in runs if repeat % 2 == 0 else reversed(runs):
             time.sleep(SETTLE_SECONDS)
             samples[key].append(runs[key]())
+
+    # The transformers flavor comes last: torch's idle threads must not slow the ONNX measurements.
+    transformers = mlflow.pyfunc.load_model(transformers_uri)
+    for key, flavor in (("tf", transformers), ("onnx_natural", pyfunc)):
+        predict_sequential(flavor, COUNTRIES[:1], new_tokens)
+        samples[key] = []
+    for _ in range(3):
+        for key, flavor in (("tf", transformers), ("onnx_natural", pyfunc)):
+            time.sleep(SETTLE_SECONDS)
+            samples[key].append(predict_sequential(flavor, COUNTRIES[:4], new_tokens))
 
     plain1, pyfunc1 = tokens_per_second(samples["plain1"]), tokens_per_second(samples["pyfunc1"])
     plain8, pyfunc8, seq8 = (tokens_per_second(samples[k]) for k in ("plain8", "pyfunc8", "seq8"))
@@ -210,13 +227,14 @@ def measure(name: str, source: str, new_tokens: int, repeats: int, store: Path) 
             "plain_batch8": plain8,
             "pyfunc_batch8": pyfunc8,
             "pyfunc_sequential8": seq8,
-            "transformers_sequential": tokens_per_second(samples["tf"]),
+            "onnx_pyfunc_chat": tokens_per_second(samples["onnx_natural"]),
+            "transformers_pyfunc_chat": tokens_per_second(samples["tf"]),
         },
         "ratios": {
-            "pyfunc_single / plain_single": pyfunc1 / plain1,
-            "pyfunc_batch8 / plain_batch8": pyfunc8 / plain8,
-            "pyfunc_batch8 / pyfunc_sequential8": pyfunc8 / seq8,
-            "onnx_pyfunc_single / transformers": pyfunc1 / tokens_per_second(samples["tf"]),
+            "pyfunc_single / plain_single": paired_ratio(samples["pyfunc1"], samples["plain1"]),
+            "pyfunc_batch8 / plain_batch8": paired_ratio(samples["pyfunc8"], samples["plain8"]),
+            "pyfunc_batch8 / pyfunc_sequential8": paired_ratio(samples["pyfunc8"], samples["seq8"]),
+            "onnx / transformers (chat predict)": paired_ratio(samples["onnx_natural"], samples["tf"]),
         },
         "ttft_ms": {"plain": plain_ttft * 1000, "pyfunc_stream": median(samples["ttft"]) * 1000},
         "peak_rss_mb": {
@@ -245,7 +263,7 @@ def table(results: list[dict]) -> str:
             f"| {r['model']} | {r['weights_mb']} | {t['plain_single']:.0f} | {t['pyfunc_single']:.0f} "
             f"| {q['pyfunc_single / plain_single']:.3f} | {t['plain_batch8']:.0f} | {t['pyfunc_batch8']:.0f} "
             f"| {q['pyfunc_batch8 / plain_batch8']:.3f} | {t['pyfunc_sequential8']:.0f} "
-            f"| {q['pyfunc_batch8 / pyfunc_sequential8']:.2f}x | {q['onnx_pyfunc_single / transformers']:.1f}x "
+            f"| {q['pyfunc_batch8 / pyfunc_sequential8']:.2f}x | {q['onnx / transformers (chat predict)']:.1f}x "
             f"| {r['ttft_ms']['plain']:.1f} / {r['ttft_ms']['pyfunc_stream']:.1f} "
             f"| {r['peak_rss_mb']['plain']:.0f} / {r['peak_rss_mb']['pyfunc']:.0f} "
             f"| {r['memory_bandwidth']['decode_tokens_per_second']:.0f} / "
@@ -259,7 +277,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=6)
+    parser.add_argument("--repeats", type=int, default=8)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     results = []

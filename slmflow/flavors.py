@@ -19,7 +19,7 @@ ONNX_MODEL_NAME = "onnx-chat"
 TRANSFORMERS_MODEL_NAME = "transformers-chat"
 CHAT_EXAMPLE = {"messages": [{"role": "user", "content": "What is the capital of Spain?"}]}
 
-ONNX_REQUIREMENTS = ("mlflow", "onnxruntime", "onnxruntime-genai", "pydantic", "PyYAML")
+ONNX_REQUIREMENTS = ("mlflow", "onnxruntime", "onnxruntime-genai")
 TRANSFORMERS_REQUIREMENTS = ("mlflow", "torch", "transformers", "tokenizers", "huggingface-hub")
 
 
