@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import time
@@ -19,6 +20,9 @@ STEPS = ["fetch_model", "log_onnx_wrapper", "log_transformers_pipeline", "evalua
 MODEL_NAME = "tiny-phi3-chat"
 
 
+HF_TOKEN = "hf_test_secret_never_logged"
+
+
 def mlflow_run(project: str, store: str, *extra: str, config: str = "configs/tiny.yaml", cwd: Path | None = None):
     """`mlflow run` from outside the project (so its artifacts land beside the store, not in the checkout)."""
     if cwd is None:
@@ -27,6 +31,7 @@ def mlflow_run(project: str, store: str, *extra: str, config: str = "configs/tin
         [*mlflow_cli(), "run", project, "--env-manager", "local", "-P", f"config={config}", *extra],
         cwd=cwd,
         MLFLOW_TRACKING_URI=store,
+        HF_TOKEN=HF_TOKEN,
     )
 
 
@@ -96,6 +101,13 @@ def test_main_runs_five_child_steps_and_registers_a_champion(first_run, client):
     assert str(champion.version) == "1"
     assert str(client.get_model_version_by_alias(MODEL_NAME, "challenger").version) == "1"
     assert "pipeline finished" in first_run.stdout
+
+
+def test_the_hf_token_is_never_logged(first_run, client):
+    for run in client.search_runs(["0"]):
+        recorded = json.dumps({"params": run.data.params, "tags": run.data.tags})
+        assert HF_TOKEN not in recorded
+    assert HF_TOKEN not in first_run.stdout + first_run.stderr
 
 
 def test_champion_answers_like_an_openai_endpoint(first_run, client):
