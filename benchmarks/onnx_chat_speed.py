@@ -162,7 +162,6 @@ def _one_request_rss(kind: str, target: str, new_tokens: int) -> float:
 
 def measure(name: str, source: str, new_tokens: int, repeats: int, store: Path) -> dict:
     import mlflow
-    import onnxruntime_genai as og
 
     from slmflow.config import GenerationConfig, RuntimeConfig, Settings, SourceConfig
     from slmflow.flavors import log_onnx_chat_model, log_transformers_chat_model
@@ -175,8 +174,10 @@ def measure(name: str, source: str, new_tokens: int, repeats: int, store: Path) 
         onnx_uri = log_onnx_chat_model(fetched.onnx_dir, generation, RuntimeConfig())
         transformers_uri = log_transformers_chat_model(fetched.checkpoint_dir, SourceConfig(model=source), generation)
     pyfunc = mlflow.pyfunc.load_model(onnx_uri)
-    model = og.Model(str(fetched.onnx_dir))
-    tokenizer = og.Tokenizer(model)
+    # The plain loop drives the very og.Model the pyfunc loaded from the same folder: two instances
+    # of one model differ by a percent or two in speed (memory placement), which is not the wrapper's doing.
+    engine = pyfunc.unwrap_python_model().engine
+    model, tokenizer = engine.model, engine.tokenizer
     prompts = [tokenizer.apply_chat_template(json.dumps(messages(c)), add_generation_prompt=True) for c in COUNTRIES]
 
     # Warm up every path once, then interleave the repeats so drift hits all of them alike.
