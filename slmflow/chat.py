@@ -33,8 +33,9 @@ class SamplingSettings:
     max_tokens_explicit: bool = field(default=False, compare=False)
 
     def batch_key(self) -> tuple:
-        """Rows with equal keys can share one generator (stop and lengths are handled per row)."""
-        return (self.temperature, self.top_p, self.top_k, self.seed)
+        """Rows with equal keys can share one generator (stop strings and max_tokens are handled per row;
+        min_tokens is not: it holds back EOS for the whole batch)."""
+        return (self.temperature, self.top_p, self.top_k, self.seed, self.min_tokens)
 
 
 @dataclass(frozen=True)

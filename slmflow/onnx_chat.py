@@ -135,7 +135,9 @@ class OnnxChatEngine:
         settings = rows[0].settings
         longest = max(len(row.prompt_ids) for row in rows)
         options: dict[str, Any] = {
-            "max_length": longest + max(row.max_new_tokens for row in rows),
+            # Rows were checked one by one; a short prompt asking for many tokens beside a long one
+            # is still capped by the context, and then ends with finish_reason "length".
+            "max_length": min(self.context_length, longest + max(row.max_new_tokens for row in rows)),
             "batch_size": len(rows),
         }
         min_tokens = max(row.settings.min_tokens for row in rows)

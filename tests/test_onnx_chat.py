@@ -196,3 +196,18 @@ def test_predict_stream_is_lazy():
     assert next(chunks)["choices"][0]["delta"] == {"content": "The"}
     assert pulled == ["The"]
     assert [c["choices"][0]["delta"].get("content") for c in chunks] == [" capital", None]
+
+
+def test_rows_with_different_min_tokens_are_not_held_back_together(onnx_engine):
+    short, forced = chat("Spain"), chat("Kenya", max_tokens=40, min_tokens=40)
+    done = onnx_engine.generate([short, forced])
+    assert done[0].text == "The capital of Spain is Madrid." and done[0].finish_reason == "stop"
+    assert done[1].completion_tokens == 40
+
+
+def test_a_batch_never_asks_for_more_than_the_context(onnx_engine):
+    long_prompt = ChatRequest(settings=SamplingSettings(max_tokens=8), prompt="Spain " * 240)
+    many_tokens = chat("Peru", max_tokens=400, max_tokens_explicit=True)
+    done = onnx_engine.generate([long_prompt, many_tokens])
+    assert done[0].prompt_tokens + done[0].completion_tokens <= onnx_engine.context_length
+    assert done[1].text == "The capital of Peru is Lima."
