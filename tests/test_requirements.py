@@ -26,7 +26,7 @@ def test_conda_env_installs_the_same_pins():
     conda = yaml.safe_load((PROJECT_DIR / "conda.yaml").read_text())
     pip_section = next(d["pip"] for d in conda["dependencies"] if isinstance(d, dict))
     assert pip_section == ["-r requirements.txt"]
-    assert "python=3.11" in conda["dependencies"]
+    assert "python=3.11.7" in conda["dependencies"]
 
 
 def test_logged_models_take_their_pins_from_requirements():
