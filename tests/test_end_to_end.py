@@ -272,3 +272,20 @@ def test_run_from_a_remote_git_url_at_a_commit(git_daemon, tmp_path):
     assert sorted(children) == sorted(STEPS)
     assert all(run.data.tags["mlflow.source.git.commit"] == commit for run in children.values())
     assert str(client.get_model_version_by_alias(MODEL_NAME, "champion").version) == "1"
+
+
+def test_children_run_in_the_parents_virtualenv(tmp_path):
+    """Nested `mlflow.run` does not inherit `--env-manager`: main must hand it down."""
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = run_command(
+        [*mlflow_cli(), "run", str(PROJECT_DIR), "--env-manager", "virtualenv", "-P", "config=configs/tiny.yaml"],
+        cwd=tmp_path,
+        timeout=1500,
+        MLFLOW_TRACKING_URI=store,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    client = MlflowClient(store)
+    [parent] = parent_runs(client)
+    children = children_of(client, parent.info.run_id)
+    assert sorted(children) == sorted(STEPS)
+    assert {run.data.tags.get("mlflow.project.env") for run in [parent, *children.values()]} == {"virtualenv"}
