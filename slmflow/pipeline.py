@@ -20,6 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from slmflow.config import PipelineConfig
 from slmflow.errors import StepFailedError
+from slmflow.sources import sha256_file
 from slmflow.step import ERROR_TAG
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -169,10 +170,6 @@ def set_outputs(**outputs: str) -> None:
     mlflow.set_tags({OUTPUT_TAG_PREFIX + name: str(value) for name, value in outputs.items()})
 
 
-def file_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def run_pipeline(config: PipelineConfig, config_arg: str, use_cache: bool) -> dict[str, str]:
     """fetch_model -> log_onnx_wrapper / log_transformers_pipeline -> evaluate -> register."""
     runner = StepRunner(config, use_cache)
@@ -192,7 +189,7 @@ def run_pipeline(config: PipelineConfig, config_arg: str, use_cache: bool) -> di
             "onnx_model_uri": onnx.output("model_uri"),
             "transformers_model_uri": transformers.output("model_uri"),
         },
-        extra_inputs={"eval_set": file_digest(config.evaluation.eval_set)},
+        extra_inputs={"eval_set": sha256_file(config.evaluation.eval_set)},
     )
     registered = runner.run(
         "register",
@@ -208,5 +205,5 @@ def run_pipeline(config: PipelineConfig, config_arg: str, use_cache: bool) -> di
         "registered_model": registered.output("registered_model"),
         "registered_version": registered.output("registered_version"),
     }
-    mlflow.set_tags({OUTPUT_TAG_PREFIX + name: value for name, value in summary.items()})
+    set_outputs(**summary)
     return summary

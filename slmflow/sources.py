@@ -109,14 +109,15 @@ def _download(
 
 def file_digests(folder: Path) -> dict[str, str]:
     """sha256 of every file below a folder, keyed by relative path."""
-    digests = {}
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        digests[str(path.relative_to(folder))] = digest.hexdigest()
-    return digests
+    return {str(path.relative_to(folder)): sha256_file(path) for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _tree_digest(folder: Path) -> str:
