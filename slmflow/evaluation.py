@@ -314,11 +314,20 @@ def report_summary(reports: Sequence[ModelReport]) -> dict[str, Any]:
 CANDIDATE_TAG_PREFIX = "slmflow.candidate."
 
 
-def log_reports(examples: Sequence[EvalExample], reports: Sequence[ModelReport]) -> dict[str, dict[str, float]]:
-    """Log metrics (prefixed by model name), the per-example table, plots and the full report."""
+def log_reports(
+    examples: Sequence[EvalExample], reports: Sequence[ModelReport], eval_set: Path
+) -> dict[str, dict[str, float]]:
+    """Log the eval set as the run's input, metrics (prefixed by model name), the per-example table,
+    plots and the full report."""
     import tempfile
 
     import mlflow
+    import pandas as pd
+
+    frame = pd.DataFrame(
+        {"messages": [json.dumps(e.messages) for e in examples], "reference": [e.reference for e in examples]}
+    )
+    mlflow.log_input(mlflow.data.from_pandas(frame, source=str(eval_set), name=eval_set.stem), context="evaluation")
 
     metrics_by_model = {report.name: report.metrics() for report in reports}
     for name, metrics in metrics_by_model.items():

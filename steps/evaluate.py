@@ -16,7 +16,7 @@ def evaluate(args, config, settings) -> None:
         evaluate_model(ONNX_MODEL_NAME, args.onnx_model_uri, examples),
         evaluate_model(TRANSFORMERS_MODEL_NAME, args.transformers_model_uri, examples),
     ]
-    for name, metrics in log_reports(examples, reports).items():
+    for name, metrics in log_reports(examples, reports, config.evaluation.eval_set).items():
         print(f"{name}: " + ", ".join(f"{key}={value:.4g}" for key, value in sorted(metrics.items())))
 
 

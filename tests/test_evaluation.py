@@ -84,7 +84,7 @@ def test_evaluate_step_logs_metrics_table_and_plots(logged_models, tiny_config):
     examples = load_eval_set(tiny_config.evaluation.eval_set, max_examples=6)
     reports = [evaluate_model(name, uri, examples) for name, uri in logged_models.items()]
     with mlflow.start_run() as run:
-        log_reports(examples, reports)
+        log_reports(examples, reports, tiny_config.evaluation.eval_set)
     logged = mlflow.MlflowClient().get_run(run.info.run_id)
     for name in logged_models:
         assert logged.data.metrics[f"{name}/accuracy"] == 1.0
@@ -92,6 +92,8 @@ def test_evaluate_step_logs_metrics_table_and_plots(logged_models, tiny_config):
         assert logged.data.metrics[f"{name}/size_mb"] > 0
     assert "onnx-chat/ttft_p50_s" in logged.data.metrics
     assert logged.data.metrics["agreement_rate"] == 1.0
+    [dataset_input] = logged.inputs.dataset_inputs
+    assert dataset_input.dataset.name == "capitals"
     table = json.loads(
         Path(mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/eval/examples.json")).read_text()
     )
