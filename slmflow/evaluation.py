@@ -193,7 +193,7 @@ def _evaluate_in_this_process(name: str, model_uri: str, examples: list[EvalExam
         model_uri=model_uri,
         load_seconds=load_seconds,
         peak_rss_mb=peak_rss_mb(),
-        size_mb=_model_size_mb(model_uri),
+        size_mb=model_size_mb(model_uri),
         results=results,
         ttft_s=ttft,
     )
@@ -222,11 +222,18 @@ def _supports_streaming(model) -> bool:
         return False
 
 
-def _model_size_mb(model_uri: str) -> float:
-    import mlflow
+def model_size_mb(model_uri: str) -> float:
+    """Size of a logged model (`models:/<model_id>`) from its artifact listing, without copying it."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+    from mlflow.tracking import MlflowClient
 
-    local = Path(mlflow.artifacts.download_artifacts(model_uri))
-    return sum(p.stat().st_size for p in local.rglob("*") if p.is_file()) / 2**20
+    model = MlflowClient().get_logged_model(model_uri.removeprefix("models:/"))
+    repository = get_artifact_repository(model.artifact_location)
+
+    def size(path: str | None = None) -> int:
+        return sum(size(f.path) if f.is_dir else (f.file_size or 0) for f in repository.list_artifacts(path))
+
+    return size() / 2**20
 
 
 def evaluate_model(name: str, model_uri: str, examples: list[EvalExample]) -> ModelReport:

@@ -122,3 +122,14 @@ def test_peak_rss_of_a_spawned_process_is_its_own():
         child = pool.apply(_child_peak)
     assert ballast.sum() > 0
     assert child < peak_rss_mb() - 200
+
+
+def test_model_size_is_read_from_the_artifact_listing(logged_models):
+    import mlflow
+
+    from slmflow.evaluation import model_size_mb
+
+    uri = logged_models["onnx-chat"]
+    local = Path(mlflow.artifacts.download_artifacts(uri))
+    on_disk = sum(p.stat().st_size for p in local.rglob("*") if p.is_file()) / 2**20
+    assert model_size_mb(uri) == pytest.approx(on_disk, rel=0.01)
