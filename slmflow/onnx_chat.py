@@ -140,9 +140,8 @@ class OnnxChatEngine:
             "max_length": min(self.context_length, longest + max(row.max_new_tokens for row in rows)),
             "batch_size": len(rows),
         }
-        min_tokens = max(row.settings.min_tokens for row in rows)
-        if min_tokens:
-            options["min_length"] = longest + min_tokens
+        if settings.min_tokens:  # part of the batch key: the same for every row here
+            options["min_length"] = longest + settings.min_tokens
         if settings.temperature > 0:
             options.update(do_sample=True, temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k)
         else:
@@ -196,12 +195,10 @@ class OnnxChatEngine:
 
     def _completion(self, row: _Row) -> Completion:
         text = self.tokenizer.decode(row.tokens) if row.tokens else ""
-        for stop in row.settings.stop:
-            if stop in text:
-                text = text[: text.index(stop)]
+        cut = _first_stop(text, row.settings.stop)
         return Completion(
-            text=text,
-            finish_reason=row.finish_reason or "length",
+            text=text if cut is None else text[:cut],
+            finish_reason=row.finish_reason,
             prompt_tokens=len(row.prompt_ids),
             completion_tokens=len(row.tokens),
         )
@@ -211,11 +208,17 @@ def _safe_prefix_length(text: str, stops: Sequence[str]) -> int:
     """How much of the text can be streamed without leaking the start of a stop string."""
     if not stops:
         return len(text)
-    for stop in stops:
-        if stop in text:
-            return text.index(stop)
+    cut = _first_stop(text, stops)
+    if cut is not None:
+        return cut
     hold = max(len(stop) - 1 for stop in stops)
     return max(0, len(text) - hold)
+
+
+def _first_stop(text: str, stops: Sequence[str]) -> int | None:
+    """Where the earliest stop string starts in the text, if any does."""
+    positions = [text.index(stop) for stop in stops if stop in text]
+    return min(positions) if positions else None
 
 
 def _chat_template(model_dir: Path) -> str | None:

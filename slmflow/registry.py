@@ -114,10 +114,10 @@ class Registrar:
             candidate.metrics, self.config.gates, self.recorded_metrics(champion) if champion else None
         )
         if failures and not self.config.register_on_gate_failure:
-            raise GateFailedError(self._refusal(candidate, failures, registered=None))
+            raise GateFailedError(self._refusal(candidate, failures, None, champion))
         version = self._create_version(candidate, identity, tags, description, failures)
         if failures:
-            raise GateFailedError(self._refusal(candidate, failures, registered=version))
+            raise GateFailedError(self._refusal(candidate, failures, version, champion))
         self.client.set_registered_model_alias(self.config.model_name, CHALLENGER, version.version)
         self.client.set_registered_model_alias(self.config.model_name, CHAMPION, version.version)
         return RegistrationResult(version, created=True, promoted=True)
@@ -132,8 +132,13 @@ class Registrar:
         self.client.update_model_version(self.config.model_name, version.version, description=description)
         return self.client.get_model_version(self.config.model_name, version.version)
 
-    def _refusal(self, candidate: Candidate, failures: list[str], registered: ModelVersion | None) -> str:
-        champion = self.champion()
+    def _refusal(
+        self,
+        candidate: Candidate,
+        failures: list[str],
+        registered: ModelVersion | None,
+        champion: ModelVersion | None,
+    ) -> str:
         kept = f"champion stays at version {champion.version}" if champion else "there is no champion"
         parked = (
             f"registered as version {registered.version} without promotion; " if registered else "nothing registered; "

@@ -211,3 +211,12 @@ def test_a_batch_never_asks_for_more_than_the_context(onnx_engine):
     done = onnx_engine.generate([long_prompt, many_tokens])
     assert done[0].prompt_tokens + done[0].completion_tokens <= onnx_engine.context_length
     assert done[1].text == "The capital of Peru is Lima."
+
+
+def test_the_earliest_stop_string_wins_whatever_its_order_in_the_list():
+    from slmflow.onnx_chat import _first_stop, _safe_prefix_length
+
+    assert _first_stop("xaxb", ("b", "a")) == 1
+    assert _safe_prefix_length("xaxb", ("b", "a")) == 1
+    assert _first_stop("xyz", ("b",)) is None
+    assert _safe_prefix_length("xyzab", ("abc",)) == 3  # "ab" may start "abc": held back
