@@ -211,12 +211,18 @@ def chat_completion_chunk(
     }
 
 
-def answer_text(prediction: Any) -> str:
-    """The assistant's text from any flavor's prediction (a completion dict, a list of them, a string)."""
+def single_prediction(prediction: Any) -> Any:
+    """One request's prediction, whether a flavor returns it alone or as a list of one."""
     if isinstance(prediction, list | tuple):
         if len(prediction) != 1:
             raise ValueError(f"expected one prediction, got {len(prediction)}")
-        prediction = prediction[0]
+        return prediction[0]
+    return prediction
+
+
+def answer_text(prediction: Any) -> str:
+    """The assistant's text from any flavor's prediction (a completion dict, a list of them, a string)."""
+    prediction = single_prediction(prediction)
     if isinstance(prediction, str):
         return prediction
     if isinstance(prediction, Mapping) and "choices" in prediction:

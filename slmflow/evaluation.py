@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from slmflow.chat import answer_text, parse_messages
+from slmflow.chat import answer_text, parse_messages, single_prediction
 from slmflow.errors import ConfigError
 
 TTFT_SAMPLE = 8  # examples per model timed again through predict_stream for time to first token
@@ -127,8 +127,7 @@ class ModelReport:
 
 
 def completion_tokens(prediction: Any) -> int:
-    if isinstance(prediction, list) and len(prediction) == 1:
-        prediction = prediction[0]
+    prediction = single_prediction(prediction)
     if isinstance(prediction, dict):
         return int(prediction.get("usage", {}).get("completion_tokens", 0))
     return 0
