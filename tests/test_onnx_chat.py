@@ -323,6 +323,13 @@ def test_a_request_past_its_deadline_stops_and_frees_the_model(onnx_engine):
     assert onnx_engine.generate([chat("Peru")])[0].text == "The capital of Peru is Lima."
 
 
+def test_the_pyfunc_answers_a_request_past_its_deadline_with_deadline_exceeded(onnx_pyfunc, monkeypatch):
+    monkeypatch.setattr(onnx_pyfunc.unwrap_python_model(), "limits", RequestLimits(timeout_seconds=0.05))
+    with pytest.raises(MlflowException, match="deadline") as raised:
+        onnx_pyfunc.predict({"messages": [user("hi")], "max_tokens": 400, "min_tokens": 400})
+    assert raised.value.error_code == "DEADLINE_EXCEEDED" and raised.value.get_http_status_code() == 504
+
+
 def test_rows_times_tokens_is_capped_before_generating(onnx_engine):
     with pytest.raises(BadRequestError, match="asks for .* tokens in all") as raised:
         onnx_engine.generate([chat("Peru", max_tokens=100)] * 4, RequestLimits(max_total_tokens=300))
