@@ -2,7 +2,7 @@
 
 from slmflow.evaluation import evaluate_model, load_eval_set, log_reports
 from slmflow.flavors import ONNX_MODEL_NAME, TRANSFORMERS_MODEL_NAME
-from slmflow.step import run_step
+from slmflow.pipeline.step import run_step
 
 
 def add_arguments(parser) -> None:

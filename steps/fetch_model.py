@@ -2,9 +2,9 @@
 
 import mlflow
 
-from slmflow.pipeline import set_outputs
+from slmflow.pipeline.runner import set_outputs
+from slmflow.pipeline.step import run_step
 from slmflow.sources import fetch_model
-from slmflow.step import run_step
 
 
 def fetch(args, config, settings) -> None:

@@ -3,8 +3,8 @@
 from pathlib import Path
 
 from slmflow.flavors import log_onnx_chat_model
-from slmflow.pipeline import set_outputs
-from slmflow.step import run_step
+from slmflow.pipeline.runner import set_outputs
+from slmflow.pipeline.step import run_step
 
 
 def log(args, config, settings) -> None:

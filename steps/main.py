@@ -2,8 +2,8 @@
 
 import mlflow
 
-from slmflow.pipeline import run_pipeline
-from slmflow.step import run_step
+from slmflow.pipeline.runner import run_pipeline
+from slmflow.pipeline.step import run_step
 
 
 def add_arguments(parser) -> None:

@@ -2,9 +2,9 @@
 
 import mlflow
 
-from slmflow.pipeline import GIT_COMMIT_TAG, set_outputs
+from slmflow.pipeline.runner import GIT_COMMIT_TAG, set_outputs
+from slmflow.pipeline.step import run_step
 from slmflow.registry import Registrar, candidates_from_evaluation, choose_candidate
-from slmflow.step import run_step
 
 
 def add_arguments(parser) -> None:

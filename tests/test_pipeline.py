@@ -1,5 +1,5 @@
 from slmflow.config import PipelineConfig
-from slmflow.pipeline import STEP_SECTIONS, cache_key, code_hash
+from slmflow.pipeline.runner import STEP_SECTIONS, cache_key, code_hash
 
 
 def config(**overrides) -> PipelineConfig:
@@ -56,7 +56,7 @@ def test_code_hash_covers_the_step_file():
 def test_a_cached_fetch_whose_folders_are_gone_is_not_reused(tmp_path):
     from mlflow.entities import Run, RunData, RunInfo, RunTag
 
-    from slmflow.pipeline import OUTPUT_TAG_PREFIX, StepResult
+    from slmflow.pipeline.runner import OUTPUT_TAG_PREFIX, StepResult
 
     def result(**outputs) -> StepResult:
         tags = [RunTag(OUTPUT_TAG_PREFIX + k, str(v)) for k, v in outputs.items()]

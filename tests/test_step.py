@@ -5,7 +5,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from slmflow.errors import SourceError
-from slmflow.step import CONFIG_HASH_TAG, ERROR_TAG, run_step
+from slmflow.pipeline.step import CONFIG_HASH_TAG, ERROR_TAG, run_step
 from tests.conftest import PROJECT_DIR
 
 TINY = ["--config", str(PROJECT_DIR / "configs" / "tiny.yaml")]

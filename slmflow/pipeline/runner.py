@@ -20,10 +20,10 @@ from mlflow.tracking import MlflowClient
 
 from slmflow.config import PipelineConfig
 from slmflow.errors import StepFailedError
+from slmflow.pipeline.step import ERROR_TAG
 from slmflow.sources import sha256_file
-from slmflow.step import ERROR_TAG
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
+PROJECT_DIR = Path(__file__).resolve().parents[2]
 CACHE_KEY_TAG = "slmflow.cache_key"
 OUTPUT_TAG_PREFIX = "slmflow.output."
 GIT_COMMIT_TAG = "mlflow.source.git.commit"
