@@ -217,6 +217,7 @@ def test_a_second_machine_reuses_every_step_and_its_champion_answers(first_run, 
     assert "Madrid" in answer["choices"][0]["message"]["content"]
 
 
+@pytest.mark.timeout(1800)
 def test_retrained_local_checkpoint_is_refetched_and_gated(first_run, team, checkout, tiny_checkpoint, tmp_path):
     """A training job rewrites the weights in place: fetch_model and every step after it are redone."""
     from safetensors.torch import load_file, save_file
@@ -251,6 +252,7 @@ def test_retrained_local_checkpoint_is_refetched_and_gated(first_run, team, chec
     assert versions(team.client, name) == ["1"] and alias(team.client, name, "champion") == "1"
 
 
+@pytest.mark.timeout(1800)
 def test_two_runs_started_together_register_one_version(first_run, team, checkout, tmp_path):
     """One of them on a machine with an empty cache: it downloads the fetched ONNX folder from the server."""
     name = "tiny-phi3-concurrent"
@@ -279,6 +281,7 @@ def test_two_runs_started_together_register_one_version(first_run, team, checkou
     assert all(step_reuse(p)["fetch_model"] for p in parents)  # a runtime change does not refetch
 
 
+@pytest.mark.timeout(1800)
 def test_a_run_killed_during_evaluate_is_finished_by_the_next(first_run, team, checkout, tmp_path):
     name = "tiny-phi3-killed"
     config = variant_config(tmp_path, evaluation={"max_examples": 6}, registry={"model_name": name})
