@@ -313,8 +313,11 @@ def test_a_run_killed_during_evaluate_is_finished_by_the_next(first_run, team, c
         "evaluate": False,
         "register": False,
     }
-    assert parent.data.tags["slmflow.step.evaluate.run_id"] != evaluating.info.run_id
-    assert team.client.get_run(evaluating.info.run_id).info.status == "RUNNING"  # never taken for a finished step
+    redone = team.client.get_run(parent.data.tags["slmflow.step.evaluate.run_id"])
+    assert redone.info.run_id != evaluating.info.run_id
+    # Same cache key, but RUNNING: never taken for a finished step.
+    assert redone.data.tags["slmflow.cache_key"] == evaluating.data.tags["slmflow.cache_key"]
+    assert team.client.get_run(evaluating.info.run_id).info.status == "RUNNING"
     assert versions(team.client, name) == ["1"] and alias(team.client, name, "champion") == "1"
 
 
