@@ -181,9 +181,21 @@ def test_another_clone_and_git_url_runs_reuse_every_step_and_register_nothing(fi
     team.assert_ok(team.run(str(clone(tmp_path / "elsewhere" / "deeper" / "slmflow"))))
     assert all(step_reuse(team.latest()).values())
     url, commit = git_daemon
-    for _ in range(2):
-        team.assert_ok(team.run(url, "-v", commit))
-        parent = team.latest()
+    team.assert_ok(team.run(url, "-v", commit))
+    # The second one as cron runs it: through bin/scheduled-run, with its lock and its own log file.
+    schedule = tmp_path / "schedule"
+    scheduled = run_command(
+        [str(PROJECT_DIR / "bin" / "scheduled-run"), url, commit],
+        cwd=tmp_path,
+        timeout=1200,
+        MLFLOW_TRACKING_URI=team.server.uri,
+        MLFLOW_EXPERIMENT_NAME=EXPERIMENT,
+        SLMFLOW_SCHEDULE_DIR=str(schedule),
+    )
+    team.assert_ok(scheduled)
+    [log] = (schedule / "logs").iterdir()
+    assert "pipeline finished" in log.read_text() and str(log) in scheduled.stderr
+    for parent in parent_runs(team.client, team.experiment_id)[:2]:
         assert all(step_reuse(parent).values())
         assert parent.data.tags["mlflow.source.git.commit"] == commit
     assert versions(team.client) == ["1"]
@@ -313,8 +325,11 @@ def test_a_run_killed_during_evaluate_is_finished_by_the_next(first_run, team, c
         "evaluate": False,
         "register": False,
     }
-    assert parent.data.tags["slmflow.step.evaluate.run_id"] != evaluating.info.run_id
-    assert team.client.get_run(evaluating.info.run_id).info.status == "RUNNING"  # never taken for a finished step
+    redone = team.client.get_run(parent.data.tags["slmflow.step.evaluate.run_id"])
+    assert redone.info.run_id != evaluating.info.run_id
+    # Same cache key, but RUNNING: never taken for a finished step.
+    assert redone.data.tags["slmflow.cache_key"] == evaluating.data.tags["slmflow.cache_key"]
+    assert team.client.get_run(evaluating.info.run_id).info.status == "RUNNING"
     assert versions(team.client, name) == ["1"] and alias(team.client, name, "champion") == "1"
 
 

@@ -15,6 +15,9 @@ from slmflow.pipeline.contract import StepContract
 
 ERROR_TAG = "slmflow.error"
 CONFIG_HASH_TAG = "slmflow.config_hash"
+CACHE_KEY_TAG = "slmflow.cache_key"
+# `main` hands each child step its cache key through the environment; the step records it as it starts.
+CACHE_KEY_ENV = "SLMFLOW_STEP_CACHE_KEY"
 OUTPUT_TAG_PREFIX = "slmflow.output."
 # What an output is, for cache keys downstream: a content digest where the output's name (a URI) is not one.
 CONTENT_TAG_PREFIX = "slmflow.content."
@@ -28,6 +31,8 @@ def run_step(step: StepContract, body: StepBody, argv: Sequence[str] | None = No
     import mlflow
 
     with mlflow.start_run() as run:
+        if os.environ.get(CACHE_KEY_ENV):
+            mlflow.set_tag(CACHE_KEY_TAG, os.environ[CACHE_KEY_ENV])
         try:
             config = load_config(args.config)
             if needs_no_network(config):
