@@ -27,3 +27,7 @@ class GateFailedError(PipelineError):
 
 class StepFailedError(PipelineError):
     """A child step of the pipeline failed."""
+
+
+class RegistryError(PipelineError, LookupError):
+    """A registry operation that cannot be done as asked (no such model, no version to roll back to)."""

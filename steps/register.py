@@ -3,7 +3,7 @@
 import mlflow
 
 from slmflow.pipeline import GIT_COMMIT_TAG, set_outputs
-from slmflow.registry import Registrar, candidates_from_evaluation, choose_candidate
+from slmflow.registry import Registrar, candidates_from_evaluation, choose_candidate, explain_choice
 from slmflow.step import run_step
 
 
@@ -15,7 +15,8 @@ def add_arguments(parser) -> None:
 def register(args, config, settings) -> None:
     client = mlflow.MlflowClient()
     evaluation = client.get_run(args.evaluate_run_id)
-    candidate = choose_candidate(candidates_from_evaluation(evaluation), config.registry.selection)
+    candidates = candidates_from_evaluation(evaluation)
+    candidate = choose_candidate(candidates, config.registry.selection)
     own_run = client.get_run(mlflow.active_run().info.run_id)
     identity = {
         "source_revision": args.source_revision,
@@ -24,9 +25,9 @@ def register(args, config, settings) -> None:
     }
     tags = {"source": config.source.model, "evaluate_run_id": args.evaluate_run_id, "model_uri": candidate.model_uri}
     description = (
-        f"{candidate.flavor} chat model from {config.source.model} at revision {args.source_revision}; "
-        f"accuracy {candidate.metrics['accuracy']:.3f}, {candidate.metrics['tokens_per_second']:.1f} tokens/s "
-        f"on {config.evaluation.eval_set.name} (evaluate run {args.evaluate_run_id})."
+        f"{candidate.flavor} chat model from {config.source.model} at revision {args.source_revision}, "
+        f"evaluated on {config.evaluation.eval_set.name} (evaluate run {args.evaluate_run_id}).\n\n"
+        + explain_choice(candidates, config.registry.selection)
     )
     mlflow.log_params({"candidate_flavor": candidate.flavor, "candidate_model_uri": candidate.model_uri})
     result = Registrar(config.registry, client).register(candidate, identity, tags, description)
