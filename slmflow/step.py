@@ -13,6 +13,7 @@ from slmflow.config import PipelineConfig, Settings, load_config
 from slmflow.errors import PipelineError
 
 ERROR_TAG = "slmflow.error"
+ENTRY_POINT_TAG = "mlflow.project.entryPoint"
 CONFIG_HASH_TAG = "slmflow.config_hash"
 
 StepBody = Callable[[argparse.Namespace, PipelineConfig, Settings], None]
@@ -33,6 +34,9 @@ def run_step(
     import mlflow
 
     with mlflow.start_run() as run:
+        entry_point = run.data.tags.get(ENTRY_POINT_TAG)
+        if entry_point:  # a step run is named after its entry point instead of a random name
+            mlflow.set_tag("mlflow.runName", entry_point)
         try:
             config = load_config(args.config)
             if needs_no_network(config):

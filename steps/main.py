@@ -2,8 +2,10 @@
 
 import mlflow
 
+from slmflow.errors import StepFailedError
 from slmflow.pipeline import run_pipeline
 from slmflow.step import run_step
+from slmflow.summary import RUN_NAME_TAG, describe_experiment, pipeline_run_name, record_summary
 
 
 def add_arguments(parser) -> None:
@@ -11,10 +13,22 @@ def add_arguments(parser) -> None:
 
 
 def main(args, config, settings) -> None:
-    summary = run_pipeline(config, args.config, use_cache=args.use_cache == "true")
     run = mlflow.active_run()
+    client = mlflow.MlflowClient()
+    title = pipeline_run_name(args.config)
+    mlflow.set_tag(RUN_NAME_TAG, title)
+    describe_experiment(client, run.info.experiment_id, args.config)
+    try:
+        summary = run_pipeline(config, args.config, use_cache=args.use_cache == "true")
+    except StepFailedError as error:
+        record_summary(client, run.info.run_id, title, failure=str(error))
+        raise
+    record_summary(
+        client, run.info.run_id, title, registered=(summary["registered_model"], summary["registered_version"])
+    )
+    experiment = client.get_experiment(run.info.experiment_id)
     print(
-        f"\npipeline finished: run {run.info.run_id} in experiment {run.info.experiment_id}\n"
+        f"\npipeline finished: run '{title}' ({run.info.run_id}) in experiment '{experiment.name}'\n"
         f"  registered: models:/{summary['registered_model']}/{summary['registered_version']} "
         f"(alias models:/{summary['registered_model']}@champion)\n"
         f"  onnx-chat: {summary['onnx_model_uri']}\n"

@@ -18,6 +18,7 @@ from tests.conftest import PROJECT_DIR, free_port, mlflow_cli, run_command
 pytestmark = pytest.mark.e2e
 STEPS = ["fetch_model", "log_onnx_wrapper", "log_transformers_pipeline", "evaluate", "register"]
 MODEL_NAME = "tiny-phi3-chat"
+EXPERIMENT = "slmflow-tiny"  # what bin/run-offline passes as --experiment-name
 
 
 HF_TOKEN = "hf_test_secret_never_logged"
@@ -27,23 +28,28 @@ def mlflow_run(project: str, store: str, *extra: str, config: str = "configs/tin
     """`mlflow run` from outside the project (so its artifacts land beside the store, not in the checkout)."""
     if cwd is None:
         cwd = Path(store.removeprefix("sqlite:///")).parent
+    parameters = ["-P", f"config={config}", *extra]
     return run_command(
-        [*mlflow_cli(), "run", project, "--env-manager", "local", "-P", f"config={config}", *extra],
+        [*mlflow_cli(), "run", project, "--env-manager", "local", "--experiment-name", EXPERIMENT, *parameters],
         cwd=cwd,
         MLFLOW_TRACKING_URI=store,
         HF_TOKEN=HF_TOKEN,
     )
 
 
+def experiment_ids(client: MlflowClient) -> list[str]:
+    return [experiment.experiment_id for experiment in client.search_experiments()]
+
+
 def parent_runs(client: MlflowClient) -> list:
     runs = client.search_runs(
-        ["0"], "tags.`mlflow.project.entryPoint` = 'main'", order_by=["attributes.start_time DESC"]
+        experiment_ids(client), "tags.`mlflow.project.entryPoint` = 'main'", order_by=["attributes.start_time DESC"]
     )
     return runs
 
 
 def children_of(client: MlflowClient, parent_id: str) -> dict[str, object]:
-    runs = client.search_runs(["0"], f"tags.`mlflow.parentRunId` = '{parent_id}'")
+    runs = client.search_runs(experiment_ids(client), f"tags.`mlflow.parentRunId` = '{parent_id}'")
     return {run.data.tags["mlflow.project.entryPoint"]: run for run in runs}
 
 
@@ -95,7 +101,7 @@ def test_main_runs_five_child_steps_and_registers_a_champion(first_run, client):
     assert sorted(children) == sorted(STEPS)
     assert all(run.info.status == "FINISHED" for run in children.values())
     assert not any(step_reuse(parent).values())
-    logged = {m.name for m in client.search_logged_models(experiment_ids=["0"])}
+    logged = {m.name for m in client.search_logged_models(experiment_ids=experiment_ids(client))}
     assert logged == {"onnx-chat", "transformers-chat"}
     champion = client.get_model_version_by_alias(MODEL_NAME, "champion")
     assert str(champion.version) == "1"
@@ -103,8 +109,57 @@ def test_main_runs_five_child_steps_and_registers_a_champion(first_run, client):
     assert "pipeline finished" in first_run.stdout
 
 
+def test_runs_are_named_in_a_named_model_development_experiment(first_run, client):
+    [parent] = parent_runs(client)
+    assert parent.info.run_name == "pipeline tiny"
+    children = children_of(client, parent.info.run_id)
+    assert {step: run.info.run_name for step, run in children.items()} == {step: step for step in STEPS}
+    experiment = client.get_experiment(parent.info.experiment_id)
+    assert experiment.name == EXPERIMENT
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # not the GenAI view
+    note = parent.data.tags["mlflow.note.content"]
+    assert f"**Registered:** `{MODEL_NAME}` version 1 (`champion`), the `onnx-chat` model" in note
+    assert "chosen by rule prefer_onnx" in note and "Gates passed" in note and "| accuracy |" in note
+    plots = {f.path for f in client.list_artifacts(parent.info.run_id, "eval/plots")}
+    assert plots == {"eval/plots/latency.png", "eval/plots/accuracy_vs_speed.png"}
+
+
+def test_both_logged_models_carry_the_evaluation_metrics(first_run, client):
+    [parent] = parent_runs(client)
+    evaluate = children_of(client, parent.info.run_id)["evaluate"]
+    models = client.search_logged_models(experiment_ids=experiment_ids(client))
+    assert {model.name for model in models} == {"onnx-chat", "transformers-chat"}
+    for model in models:
+        metrics = {m.key: m for m in model.metrics if m.run_id == evaluate.info.run_id}
+        assert {"accuracy", "rouge_l", "exact_match", "tokens_per_second", "latency_p95_s", "size_mb"} <= set(metrics)
+        assert metrics["accuracy"].value == evaluate.data.metrics[f"{model.name}/accuracy"]
+        assert metrics["accuracy"].dataset_name == "capitals"
+
+
+def test_every_eval_example_is_in_the_evaluation_view(first_run, client):
+    [parent] = parent_runs(client)
+    evaluate = children_of(client, parent.info.run_id)["evaluate"]
+    traces = mlflow.search_traces(run_id=evaluate.info.run_id, return_type="list")
+    assert len(traces) == int(evaluate.data.params["eval_examples"])
+    for trace in traces:
+        scores = {assessment.name for assessment in trace.info.assessments}
+        assert {"onnx-chat/correct", "transformers-chat/correct", "onnx-chat/rouge_l"} <= scores
+
+
+def test_the_registered_model_and_version_are_described(first_run, client):
+    model = client.get_registered_model(MODEL_NAME)
+    assert "`champion`" in model.description and f"rollback {MODEL_NAME}" in model.description
+    assert model.tags["task"] == "llm/v1/chat"
+    version = client.get_model_version(MODEL_NAME, "1")
+    assert "onnx-chat chosen by rule prefer_onnx" in version.description
+    assert "Gates passed" in version.description
+    assert set(model.aliases) == {"champion"}  # the latest candidate is the champion
+    outputs = mlflow.models.get_model_info(f"models:/{MODEL_NAME}/1").signature.outputs
+    assert {"choices", "usage"} <= set(outputs.input_names())
+
+
 def test_the_hf_token_is_never_logged(first_run, client):
-    for run in client.search_runs(["0"]):
+    for run in client.search_runs(experiment_ids(client)):
         recorded = json.dumps({"params": run.data.params, "tags": run.data.tags})
         assert HF_TOKEN not in recorded
     assert HF_TOKEN not in first_run.stdout + first_run.stderr
@@ -133,12 +188,12 @@ def test_steps_pass_model_uris_and_the_fetched_folders(first_run, client):
 
 
 def test_rerun_with_nothing_changed_reuses_every_step(first_run, store, client):
-    before = len(client.search_runs(["0"]))
+    before = len(client.search_runs(experiment_ids(client)))
     result = mlflow_run(str(PROJECT_DIR), store)
     assert result.returncode == 0, result.stderr[-3000:]
     latest = parent_runs(client)[0]
     assert all(step_reuse(latest).values())
-    assert len(client.search_runs(["0"])) == before + 1  # only the new parent
+    assert len(client.search_runs(experiment_ids(client))) == before + 1  # only the new parent
     assert [str(v.version) for v in versions(client)] == ["1"]
 
 
