@@ -18,16 +18,18 @@ from dataclasses import dataclass
 
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.tracking import MlflowClient
 
-from slmflow.config import Gates, RegistryConfig, SelectionRule
-from slmflow.errors import GateFailedError, RegistryError
+from slmflow.config import Gates, PipelineConfig, RegistryConfig, SelectionRule
+from slmflow.errors import GateFailedError, RegistryError, RollbackError
 
 CHAMPION, CHALLENGER, PREVIOUS_CHAMPION = "champion", "challenger", "previous-champion"
 DECISION_TAG = "decision"  # what registration did with the version: promoted to champion, or parked
 METRIC_TAG_PREFIX = "metric."
-# Together these identify what was registered: the same three again means nothing new to register.
-IDENTITY_TAGS = ("source_revision", "config_hash", "git_commit")
+# Together these identify what was registered, the same from any checkout or machine: the source's
+# content, the config's content and the pipeline's code and pins. The same three again means nothing new.
+IDENTITY_TAGS = ("source_revision", "config_hash", "code_hash")
 
 Metrics = Mapping[str, float]
 
@@ -107,6 +109,7 @@ class Registrar:
         self.client = client or MlflowClient()
 
     def champion(self) -> ModelVersion | None:
+        """The champion, or None when the model or the alias does not exist; any other failure is raised."""
         return aliased_version(self.client, self.config.model_name, CHAMPION)
 
     @staticmethod
@@ -119,14 +122,20 @@ class Registrar:
 
     def find_registered(self, identity: Mapping[str, str]) -> ModelVersion | None:
         """The version already registered from the same source revision, config and code, if any."""
+        same = self._versions_with(identity)
+        return same[0] if same else None
+
+    def _versions_with(self, identity: Mapping[str, str]) -> list[ModelVersion]:
+        """Every version of that identity, oldest first."""
+        name = self.config.model_name
         try:
-            versions = self.client.search_model_versions(f"name = '{self.config.model_name}'")
-        except MlflowException:
-            return None
-        for version in versions:
-            if all(version.tags.get(key) == identity[key] for key in IDENTITY_TAGS):
-                return version
-        return None
+            versions = self.client.search_model_versions(f"name = '{name}'")
+        except MlflowException as error:
+            if error.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+                return []
+            raise _registry_error(f"cannot list the versions of '{name}'", error) from error
+        same = [v for v in versions if all(v.tags.get(key) == identity[key] for key in IDENTITY_TAGS)]
+        return sorted(same, key=lambda v: int(v.version))
 
     def register(
         self, candidate: Candidate, identity: Mapping[str, str], tags: Mapping[str, str], description: str
@@ -142,6 +151,11 @@ class Registrar:
         if failures and not self.config.register_on_gate_failure:
             raise GateFailedError(self._refusal(candidate, failures, None, champion))
         version = self._create_version(candidate, identity, tags, description, failures)
+        first = self._versions_with(identity)[0]
+        if first.version != version.version:
+            # A concurrent run registered the same identity first: keep its version, withdraw ours.
+            self.client.delete_model_version(self.config.model_name, version.version)
+            return RegistrationResult(first, created=False, promoted=False)
         name = self.config.model_name
         if failures:
             self.client.set_registered_model_alias(name, CHALLENGER, version.version)
@@ -229,11 +243,15 @@ def registered_model_description(name: str) -> str:
 
 
 def aliased_version(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
-    """The version behind an alias, or None when the alias (or the model) does not exist."""
+    """The version behind an alias, or None when the model or the alias does not exist; any other failure is raised."""
     try:
-        return client.get_model_version_by_alias(name, alias)
-    except MlflowException:
-        return None
+        model = client.get_registered_model(name)
+        version = model.aliases.get(alias)
+        return None if version is None else client.get_model_version(name, str(version))
+    except MlflowException as error:
+        if error.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            return None
+        raise _registry_error(f"cannot read the {alias} of '{name}'", error) from error
 
 
 @dataclass(frozen=True)
@@ -248,14 +266,16 @@ def rollback(name: str, client: MlflowClient | None = None) -> Rollback:
     client = client or MlflowClient()
     try:
         client.get_registered_model(name)
-    except MlflowException:
-        raise RegistryError(f"no registered model named '{name}'") from None
+    except MlflowException as error:
+        if error.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            raise RollbackError(f"no registered model named '{name}'") from None
+        raise _registry_error(f"cannot read '{name}'", error) from error
     champion = aliased_version(client, name, CHAMPION)
     previous = aliased_version(client, name, PREVIOUS_CHAMPION)
     if champion is None:
-        raise RegistryError(f"'{name}' has no {CHAMPION}: nothing to roll back")
+        raise RollbackError(f"'{name}' has no {CHAMPION}: nothing to roll back")
     if previous is None:
-        raise RegistryError(f"'{name}' has no {PREVIOUS_CHAMPION}: version {champion.version} was the first champion")
+        raise RollbackError(f"'{name}' has no {PREVIOUS_CHAMPION}: version {champion.version} was the first champion")
     client.set_registered_model_alias(name, CHAMPION, previous.version)
     client.set_registered_model_alias(name, PREVIOUS_CHAMPION, champion.version)
     client.set_model_version_tag(name, champion.version, DECISION_TAG, f"rolled back to version {previous.version}")
@@ -272,13 +292,48 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         done = rollback(args.name)
-    except RegistryError as error:
+    except (RollbackError, RegistryError) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(1) from None
     print(
         f"{done.name}: {CHAMPION} moved back from version {done.from_version} to version {done.to_version}; "
         f"{PREVIOUS_CHAMPION} is now version {done.from_version}"
     )
+
+
+def _registry_error(what: str, error: MlflowException) -> RegistryError:
+    return RegistryError(f"{what}: {error.error_code}: {error.message}")
+
+
+def registration_identity(config: PipelineConfig, source_revision: str, code_hash: str) -> dict[str, str]:
+    return {"source_revision": source_revision, "config_hash": config.config_hash(), "code_hash": code_hash}
+
+
+def registration_tags(config: PipelineConfig, candidate: Candidate, evaluate_run_id: str, git_commit: str) -> dict:
+    """Lineage that is not identity: the same model registered from another commit is not new."""
+    return {
+        "source": _source_label(config),
+        "evaluate_run_id": evaluate_run_id,
+        "model_uri": candidate.model_uri,
+        "git_commit": git_commit,
+    }
+
+
+def registration_description(
+    config: PipelineConfig, candidates: Mapping[str, Candidate], source_revision: str, evaluate_run_id: str
+) -> str:
+    """Where the version comes from and why it was chosen over the other flavor, with the numbers."""
+    chosen = choose_candidate(candidates, config.registry.selection)
+    return (
+        f"{chosen.flavor} chat model from {_source_label(config)} at revision {source_revision}, "
+        f"evaluated on {config.evaluation.eval_set.name} (evaluate run {evaluate_run_id}).\n\n"
+        + explain_choice(candidates, config.registry.selection)
+    )
+
+
+def _source_label(config: PipelineConfig) -> str:
+    """The source without a machine's path: a local folder is known by its revision (a digest)."""
+    return "local folder" if config.source.kind == "local" else config.source.model
 
 
 def candidates_from_evaluation(run) -> dict[str, Candidate]:
