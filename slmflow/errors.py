@@ -27,3 +27,11 @@ class GateFailedError(PipelineError):
 
 class StepFailedError(PipelineError):
     """A child step of the pipeline failed."""
+
+
+class RegistryError(PipelineError):
+    """The model registry could not answer (server down, refused, misconfigured): never read as "none"."""
+
+
+class RollbackError(PipelineError, LookupError):
+    """A rollback that cannot be done: no such registered model, or no version to roll back to."""

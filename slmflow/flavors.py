@@ -8,6 +8,7 @@ from typing import Any
 
 import mlflow
 from mlflow.models import ModelSignature
+from mlflow.types.llm import CHAT_MODEL_OUTPUT_SCHEMA
 from mlflow.types.schema import AnyType, ColSpec, Object, ParamSchema, ParamSpec, Property, Schema
 
 from slmflow.config import GenerationConfig, RuntimeConfig, SourceConfig
@@ -67,7 +68,8 @@ def onnx_chat_signature() -> ModelSignature:
             ParamSpec("stop", "string", [], shape=(-1,)),
         ]
     )
-    return ModelSignature(inputs=inputs, params=params)
+    # Outputs: an OpenAI chat.completion, the schema MLflow gives the transformers flavor's llm/v1/chat task.
+    return ModelSignature(inputs=inputs, outputs=CHAT_MODEL_OUTPUT_SCHEMA, params=params)
 
 
 def generation_model_config(generation: GenerationConfig, runtime: RuntimeConfig) -> dict[str, Any]:
