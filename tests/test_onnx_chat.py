@@ -306,6 +306,8 @@ def test_unsupported_fields_reach_the_model_and_are_refused(onnx_pyfunc, field, 
     with pytest.raises(MlflowException, match=f"'{field}' is not supported") as raised:
         onnx_pyfunc.predict({"messages": [user("hi")], field: value})
     assert raised.value.error_code == "INVALID_PARAMETER_VALUE"
+    with pytest.raises(MlflowException, match=f"params: '{field}' is not supported"):
+        onnx_pyfunc.predict({"messages": [user("hi")]}, params={field: value})
 
 
 def test_a_batch_of_one_has_the_shape_of_a_batch_of_many(onnx_pyfunc):
