@@ -365,6 +365,7 @@ def test_a_run_killed_during_evaluate_is_finished_by_the_next(first_run, team, c
     finally:
         os.killpg(job.pid, signal.SIGKILL)  # the whole job dies at once, as when its machine goes away
         job.wait(timeout=60)
+    evaluating = team.client.get_run(evaluating.info.run_id)
     killed_parent = team.client.get_run(evaluating.data.tags["mlflow.parentRunId"])
     assert killed_parent.info.status == "RUNNING" and evaluating.info.status == "RUNNING"
     assert team.client.search_model_versions(f"name = '{name}'") == []
@@ -395,9 +396,10 @@ def wait_for_running_step(team: Team, entry_point: str, after: float, job: subpr
             [team.experiment_id],
             f"tags.`mlflow.project.entryPoint` = '{entry_point}' and attributes.status = 'RUNNING'",
         )
-        fresh = [run for run in runs if run.info.start_time >= after * 1000]
-        if fresh:
-            return fresh[0]
+        # Started by this job, and its process is up: it has tagged the cache key main handed it.
+        started = [r for r in runs if r.info.start_time >= after * 1000 and "slmflow.cache_key" in r.data.tags]
+        if started:
+            return started[0]
         time.sleep(1)
     pytest.fail(f"{entry_point} did not start within {timeout:.0f} s")
 
