@@ -63,7 +63,7 @@ def onnx_chat_signature() -> ModelSignature:
     params = ParamSchema(
         [
             *(ParamSpec(name, dtype, None) for name, dtype in PARAM_TYPES.items()),
-            ParamSpec("stop", "string", None, shape=(-1,)),
+            ParamSpec("stop", "string", [], shape=(-1,)),
         ]
     )
     return ModelSignature(inputs=inputs, params=params)

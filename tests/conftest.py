@@ -144,10 +144,16 @@ def http_status(url: str, timeout: float = 5) -> int:
 
 @contextlib.contextmanager
 def launched_server(command: list[str], ready_url: str, log_path: Path, timeout: float = 300, **env: str):
-    """A server in its own process group, yielded once `ready_url` answers 200; the whole group is killed after."""
+    """A server started in the project folder, in its own process group, yielded once `ready_url` answers 200;
+    the whole group is killed after."""
     with log_path.open("w") as log:
         process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **env}
+            command,
+            cwd=PROJECT_DIR,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, **env},
         )
         try:
             deadline = time.monotonic() + timeout

@@ -376,7 +376,7 @@ def create_app(settings: ServerSettings, load=load_served_model) -> FastAPI:
         try:
             parsed = parse_chat_completion(body, served.defaults)
         except BadRequestError as error:
-            raise ApiError(error.status, error.message, param=error.param, code=error.code) from None
+            raise bad_request(error) from None
         try:
             ticket = batcher.submit(parsed.request, stream=parsed.stream)
         except QueueFullError:
@@ -438,8 +438,12 @@ async def accepted(ticket: Ticket) -> None:
 
 def raise_failure(error: BaseException) -> None:
     if isinstance(error, BadRequestError):
-        raise ApiError(error.status, error.message, param=error.param, code=error.code) from None
+        raise bad_request(error) from None
     raise error
+
+
+def bad_request(error: BadRequestError) -> ApiError:
+    return ApiError(400, str(error), param=error.param, code=error.code)
 
 
 async def until_finished_or_disconnected(request: Request, ticket: Ticket):
