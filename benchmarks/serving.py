@@ -27,6 +27,7 @@ import numpy as np
 import requests
 
 from benchmarks.report import write_report
+from slmflow.evaluation import completion_tokens
 from tests.conftest import free_port, launched_server
 
 MODELS = {"tiny-phi3": "builtin:tiny-phi3", "bench-phi3-100m": "builtin:bench-phi3-100m"}
@@ -108,6 +109,13 @@ def targets(model_uri: str) -> list[Target]:
     ]
 
 
+def answered_tokens(payload) -> int:
+    """Completion tokens of one answer: ours is a chat.completion, MLflow's scoring server wraps a list of one."""
+    if isinstance(payload, dict) and "predictions" in payload:
+        payload = payload["predictions"]
+    return completion_tokens(payload)
+
+
 def load_round(target: Target, clients: int, new_tokens: int) -> dict:
     """`clients` threads, each sending its requests one after another; tokens/s over the round's wall time."""
     per_client = REQUESTS_PER_CLIENT[clients]
@@ -121,7 +129,7 @@ def load_round(target: Target, clients: int, new_tokens: int) -> dict:
                     target.base + target.path, json=body(number * per_client + request, new_tokens), timeout=600
                 )
                 response.raise_for_status()
-                results.append((time.perf_counter() - started, response.json()["usage"]["completion_tokens"]))
+                results.append((time.perf_counter() - started, answered_tokens(response.json())))
         return results
 
     started = time.perf_counter()
@@ -146,7 +154,7 @@ def streaming_ttft(target: Target, clients: int, new_tokens: int) -> float:
         started = time.perf_counter()
         payload = {**body(index, new_tokens), "stream": True}
         with requests.post(target.base + target.path, json=payload, stream=True, timeout=600) as response:
-            lines = response.iter_lines(decode_unicode=True)
+            lines = response.iter_lines(chunk_size=None, decode_unicode=True)  # lines as they arrive
             for line in lines:
                 if line.startswith("data: {") and json.loads(line[6:])["choices"][0]["delta"].get("content"):
                     ttft = time.perf_counter() - started

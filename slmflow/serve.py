@@ -9,8 +9,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 
 API_KEY_ENV = "SLMFLOW_API_KEY"
+# The generation thread holds the GIL between decode steps; with Python's default 5 ms switch
+# interval the event loop (new requests, streamed chunks) waits that long for its turn each time.
+SWITCH_INTERVAL_SECONDS = 0.0005
 
 
 def positive(text: str) -> int:
@@ -39,6 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     from slmflow.serving.app import ServerSettings, create_app
 
     args = parse_args(argv)
+    sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = ServerSettings(
         model_uri=args.model_uri,

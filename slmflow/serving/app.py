@@ -387,12 +387,12 @@ def create_app(settings: ServerSettings, load=load_served_model) -> FastAPI:
                 code="queue_full",
                 headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
             ) from None
-        try:
-            await accepted(ticket)
-        except BaseException:
-            ticket.cancel()
-            raise
         if parsed.stream:
+            try:
+                await accepted(ticket)
+            except BaseException:
+                ticket.cancel()
+                raise
             return StreamingResponse(
                 stream_events(ticket, served.name, parsed.include_usage, metrics),
                 media_type="text/event-stream",
@@ -429,7 +429,7 @@ async def read_json(request: Request) -> Any:
 
 
 async def accepted(ticket: Ticket) -> None:
-    """Wait until the engine took the request (or refused it: then raise the 400)."""
+    """Wait until the engine took a streaming request (or refused it: then raise the 400 before the stream)."""
     event = await ticket.next_event()
     if isinstance(event, Failed):
         raise_failure(event.error)

@@ -55,7 +55,7 @@ class BatcherStoppedError(Exception):
 
 @dataclass(frozen=True)
 class Accepted:
-    """The request passed the engine's checks and waits for a batch."""
+    """A streaming request passed the engine's checks and waits for a batch: its stream can start."""
 
 
 @dataclass(frozen=True)
@@ -181,7 +181,8 @@ class Batcher:
                 ticket.done = True
                 ticket._send(Failed(error))
             else:
-                ticket._send(Accepted())
+                if ticket.stream:  # a stream starts now; a plain request only needs its answer
+                    ticket._send(Accepted())
 
     def _next_batch(self) -> list[Ticket]:
         """The oldest ready request and the next ones sharing its batch key, up to the batch size."""
