@@ -152,9 +152,10 @@ def test_requests_arriving_during_a_batch_wait_and_form_the_next_one(onnx_engine
 
 def test_a_cancelled_row_stops_and_the_others_finish(onnx_engine):
     engine = GatedEngine(onnx_engine, pause_after=2)
+    cancelled: list[bool] = []
 
     async def scenario():
-        batcher = Batcher(engine, max_batch_size=8, max_queue=8)
+        batcher = Batcher(engine, max_batch_size=8, max_queue=8, on_cancel=lambda: cancelled.append(True))
         try:
             long = {"max_tokens": 200, "min_tokens": 200}
             leaving, staying = submit_together(batcher, [chat("Spain", **long), chat("Peru", **long)], [True, True])
@@ -168,7 +169,8 @@ def test_a_cancelled_row_stops_and_the_others_finish(onnx_engine):
             batcher.close()
 
     leaving, staying_events = asyncio.run(scenario())
-    assert leaving.done and leaving.row.finish_reason == "cancelled"
+    assert leaving.done and leaving.row.finish_reason == "cancelled" and cancelled == [True]
+    assert len(leaving.row.tokens) < 200
     assert not any(isinstance(event, Finished) for event in _drain(leaving))
     assert staying_events[-1].completion.completion_tokens == 200
 

@@ -278,7 +278,7 @@ def test_metrics_count_requests_tokens_and_timings(onnx_server):
         "slmflow_request_latency_seconds_count",
     ):
         assert metric_value(text, name) > 0, name
-    assert "slmflow_queue_depth " in text
+    assert "slmflow_queue_depth " in text and "slmflow_cancelled_rows_total " in text
 
 
 def test_the_api_key_never_reaches_the_log(onnx_server):

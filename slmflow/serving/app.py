@@ -162,6 +162,9 @@ class Metrics:
             buckets=latency_buckets,
             registry=self.registry,
         )
+        self.cancelled = Counter(
+            "slmflow_cancelled_rows", "rows stopped because their client went away", registry=self.registry
+        )
         self.queue_depth = Gauge("slmflow_queue_depth", "requests waiting for a batch", registry=self.registry)
         self.batch_size = Histogram(
             "slmflow_batch_size", "rows generated together", buckets=(1, 2, 4, 8, 16, 32, 64), registry=self.registry
@@ -286,7 +289,11 @@ def create_app(settings: ServerSettings, load=load_served_model) -> FastAPI:
         try:
             served: ServedModel = load(settings.model_uri)
             state["batcher"] = Batcher(
-                served.engine, settings.max_batch_size, settings.max_queue, on_batch=metrics.batch_size.observe
+                served.engine,
+                settings.max_batch_size,
+                settings.max_queue,
+                on_batch=metrics.batch_size.observe,
+                on_cancel=metrics.cancelled.inc,
             )
             state["served"] = served
             log.info("model loaded: %s (%s)", served.name, served.flavor)

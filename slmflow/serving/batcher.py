@@ -114,6 +114,7 @@ class Batcher:
         max_batch_size: int,
         max_queue: int,
         on_batch: Callable[[int], None] = lambda size: None,
+        on_cancel: Callable[[], None] = lambda: None,
     ) -> None:
         if max_batch_size < 1 or max_queue < 1:
             raise ValueError("max_batch_size and max_queue must be >= 1")
@@ -121,6 +122,7 @@ class Batcher:
         self.max_batch_size = min(max_batch_size, engine.max_batch_size)
         self.max_queue = max_queue
         self._on_batch = on_batch
+        self._on_cancel = on_cancel
         self._waiting: list[Ticket] = []
         self._lock = threading.Condition()
         self._stopped = False
@@ -221,6 +223,7 @@ class Batcher:
             if ticket.cancelled:
                 row.cancel()
                 ticket.done = True
+                self._on_cancel()
                 continue
             if ticket.first_token_at is None and row.text:
                 ticket.first_token_at = time.monotonic()
