@@ -182,6 +182,24 @@ def _drain(ticket) -> list:
     return events
 
 
+def test_seeded_sampling_is_repeatable_whatever_arrives_with_it(onnx_engine):
+    batches: list[int] = []
+    seeded = chat("Japan", temperature=1.5, seed=7, max_tokens=24)
+
+    async def scenario():
+        batcher = Batcher(onnx_engine, max_batch_size=8, max_queue=8, on_batch=batches.append)
+        try:
+            alone = await collect(batcher.submit(seeded, stream=False))
+            together = submit_together(batcher, [seeded, seeded, chat("Peru", temperature=1.5, seed=3)], [False] * 3)
+            return alone, await asyncio.gather(*(collect(ticket) for ticket in together))
+        finally:
+            batcher.close()
+
+    alone, together = asyncio.run(scenario())
+    assert together[0][-1].completion.text == together[1][-1].completion.text == alone[-1].completion.text
+    assert batches == [1, 1, 1, 1]
+
+
 def test_a_bad_request_fails_alone_and_the_next_one_is_answered(onnx_engine):
     async def scenario():
         batcher = Batcher(onnx_engine, max_batch_size=8, max_queue=8)

@@ -34,6 +34,7 @@ from slmflow.serving.engines import ServedModel, load_served_model
 
 log = logging.getLogger(__name__)
 CHAT_ROUTE = "/v1/chat/completions"
+API_ROUTES = (CHAT_ROUTE, "/v1/models")  # metric labels: a fixed set, whatever paths clients send
 RETRY_AFTER_SECONDS = 1
 
 
@@ -189,7 +190,7 @@ class LimitsMiddleware:
             await self.app(scope, receive, send)
             return
         path = scope["path"]
-        route = path if path.startswith("/v1/") else None
+        route = (path if path in API_ROUTES else "/v1/other") if path.startswith("/v1/") else None
         started = time.monotonic()
         status: list[int] = []
 
@@ -206,19 +207,13 @@ class LimitsMiddleware:
         if route and self.expected_authorization is not None:
             given = headers.get(b"authorization", b"")
             if not hmac.compare_digest(given, self.expected_authorization):
-                await self._refuse(
-                    scope,
-                    receive,
-                    send_counted,
-                    ApiError(
-                        401, "missing or wrong API key: send 'Authorization: Bearer <key>'", code="invalid_api_key"
-                    ),
-                )
+                message = "missing or wrong API key (send 'Authorization: Bearer KEY')"
+                await error_response(ApiError(401, message, code="invalid_api_key"))(scope, receive, send_counted)
                 return
         limit = self.settings.max_body_bytes
         declared = headers.get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
-            await self._refuse(scope, receive, send_counted, _too_large(limit))
+            await error_response(_too_large(limit))(scope, receive, send_counted)
             return
         received = 0
 
@@ -237,10 +232,6 @@ class LimitsMiddleware:
             if status:
                 raise
             await error_response(_too_large(limit))(scope, receive, send_counted)
-
-    @staticmethod
-    async def _refuse(scope, receive, send, error: ApiError) -> None:
-        await error_response(error)(scope, receive, send)
 
 
 def _too_large(limit: int) -> ApiError:
@@ -477,6 +468,8 @@ async def until_finished_or_disconnected(request: Request, ticket: Ticket):
         if not answer.done():
             answer.cancel()
             ticket.cancel()
+    if answer.cancelled():  # nobody is left to read it; the metrics count it as 499, as nginx does
+        raise ApiError(499, "the client closed the request", code="client_closed_request")
     return answer.result()
 
 

@@ -20,10 +20,13 @@ from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from slmflow.requests import SamplingSettings
+
 log = logging.getLogger(__name__)
 
 
 class Row(Protocol):
+    settings: SamplingSettings
     text: str  # decoded so far
     visible_text: str  # what can be streamed: never the start of a stop string
     finish_reason: str | None
@@ -193,12 +196,20 @@ class Batcher:
             ready = [ticket for ticket in self._waiting if ticket.row is not None]
             if not ready:
                 return []
-            key = self.engine.batch_key(ready[0].row)
-            batch = [ticket for ticket in ready if self.engine.batch_key(ticket.row) == key]
+            key = self._batch_key(ready[0].row)
+            batch = [ticket for ticket in ready if self._batch_key(ticket.row) == key]
             batch = batch[: self.max_batch_size]
             for ticket in batch:
                 self._waiting.remove(ticket)
         return batch
+
+    def _batch_key(self, row: Row) -> Hashable:
+        """The engine's key, except that a row sampled with a seed generates alone: in a shared generator
+        its tokens would come from one random stream with its batch-mates', so not be repeatable."""
+        key = self.engine.batch_key(row)
+        if row.settings.seed is not None and row.settings.temperature > 0:
+            return (key, id(row))
+        return key
 
     def _generate(self, batch: list[Ticket]) -> None:
         self._on_batch(len(batch))
