@@ -8,6 +8,7 @@ from typing import Any
 
 import mlflow
 from mlflow.models import ModelSignature
+from mlflow.types.llm import CHAT_MODEL_OUTPUT_SCHEMA
 from mlflow.types.schema import AnyType, ColSpec, Object, ParamSchema, ParamSpec, Property, Schema
 
 from slmflow.config import GenerationConfig, RuntimeConfig, SourceConfig
@@ -37,7 +38,8 @@ def pinned_requirements(*names: str) -> list[str]:
     return [pins[name.lower()] for name in names]
 
 
-# Request fields MLflow type-checks itself when they come as params (or at the top level of a chat body).
+# Request fields MLflow type-checks itself when they come as params (or at the top level of a chat body);
+# MLflow drops params it has no spec for, so the scalar unsupported fields are declared too, to be refused.
 PARAM_TYPES = {
     "max_tokens": "long",
     "max_completion_tokens": "long",
@@ -46,6 +48,12 @@ PARAM_TYPES = {
     "top_k": "long",
     "seed": "long",
     "min_tokens": "long",
+    "n": "long",
+    "stream": "boolean",
+    "logprobs": "boolean",
+    "top_logprobs": "long",
+    "presence_penalty": "double",
+    "frequency_penalty": "double",
 }
 
 
@@ -67,7 +75,8 @@ def onnx_chat_signature() -> ModelSignature:
             ParamSpec("stop", "string", [], shape=(-1,)),
         ]
     )
-    return ModelSignature(inputs=inputs, params=params)
+    # Outputs: an OpenAI chat.completion, the schema MLflow gives the transformers flavor's llm/v1/chat task.
+    return ModelSignature(inputs=inputs, outputs=CHAT_MODEL_OUTPUT_SCHEMA, params=params)
 
 
 def generation_model_config(generation: GenerationConfig, runtime: RuntimeConfig) -> dict[str, Any]:

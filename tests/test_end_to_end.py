@@ -67,6 +67,10 @@ def alias(client: MlflowClient, name: str, which: str) -> str:
     return str(client.get_model_version_by_alias(name, which).version)
 
 
+def aliases(client: MlflowClient, name: str = MODEL_NAME) -> dict[str, str]:
+    return {which: str(version) for which, version in client.get_registered_model(name).aliases.items()}
+
+
 def variant_config(folder: Path, **changes) -> Path:
     """A copy of configs/tiny.yaml with some sections changed, beside a copy of the eval sets."""
     data = yaml.safe_load((PROJECT_DIR / "configs" / "tiny.yaml").read_text())
@@ -151,8 +155,56 @@ def test_first_run_runs_five_child_steps_and_registers_a_champion(first_run, tea
     assert sorted(children) == sorted(STEPS)
     assert all(run.info.status == "FINISHED" for run in children.values())
     assert not any(step_reuse(parent).values())
-    assert alias(team.client, MODEL_NAME, "champion") == alias(team.client, MODEL_NAME, "challenger") == "1"
+    assert aliases(team.client) == {"champion": "1"}  # no challenger: the latest candidate is the champion
     assert "pipeline finished" in first_run.stdout
+
+
+def test_runs_are_named_in_a_named_model_development_experiment(first_run, team):
+    parent = team.latest()
+    assert parent.info.run_name == "pipeline tiny"
+    children = team.children(parent)
+    assert {step: run.info.run_name for step, run in children.items()} == {step: step for step in STEPS}
+    experiment = team.client.get_experiment(parent.info.experiment_id)
+    assert experiment.name == EXPERIMENT
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # not the GenAI view
+    note = parent.data.tags["mlflow.note.content"]
+    assert f"**Registered:** `{MODEL_NAME}` version 1 (`champion`), the `onnx-chat` model" in note
+    assert "chosen by rule prefer_onnx" in note and "Gates passed" in note and "| accuracy |" in note
+    plots = {f.path for f in team.client.list_artifacts(parent.info.run_id, "eval/plots")}
+    assert plots == {"eval/plots/latency.png", "eval/plots/accuracy_vs_speed.png"}
+
+
+def test_both_logged_models_carry_the_evaluation_metrics(first_run, team):
+    evaluate = team.children(team.latest())["evaluate"]
+    models = team.client.search_logged_models(experiment_ids=[team.experiment_id])
+    assert {model.name for model in models} == {"onnx-chat", "transformers-chat"}
+    for model in models:
+        metrics = {m.key: m for m in model.metrics if m.run_id == evaluate.info.run_id}
+        assert {"accuracy", "rouge_l", "exact_match", "tokens_per_second", "latency_p95_s", "size_mb"} <= set(metrics)
+        assert metrics["accuracy"].value == evaluate.data.metrics[f"{model.name}/accuracy"]
+        assert metrics["accuracy"].dataset_name == "capitals"
+
+
+def test_every_eval_example_is_in_the_evaluation_view(first_run, team):
+    evaluate = team.children(team.latest())["evaluate"]
+    with tracking_uri(team.server.uri):
+        traces = mlflow.search_traces(run_id=evaluate.info.run_id, return_type="list")
+    assert len(traces) == int(evaluate.data.params["eval_examples"])
+    for trace in traces:
+        scores = {assessment.name for assessment in trace.info.assessments}
+        assert {"onnx-chat/correct", "transformers-chat/correct", "onnx-chat/rouge_l"} <= scores
+
+
+def test_the_registered_model_and_version_are_described(first_run, team):
+    model = team.client.get_registered_model(MODEL_NAME)
+    assert "`champion`" in model.description and f"rollback {MODEL_NAME}" in model.description
+    assert model.tags["task"] == "llm/v1/chat"
+    version = team.client.get_model_version(MODEL_NAME, "1")
+    assert "onnx-chat chosen by rule prefer_onnx" in version.description
+    assert "Gates passed" in version.description and version.tags["decision"] == "promoted to champion"
+    with tracking_uri(team.server.uri):
+        outputs = mlflow.models.get_model_info(f"models:/{MODEL_NAME}/1").signature.outputs
+    assert {"choices", "usage"} <= set(outputs.input_names())
 
 
 def test_steps_hand_off_uris_never_local_paths(first_run, team):
@@ -181,9 +233,21 @@ def test_another_clone_and_git_url_runs_reuse_every_step_and_register_nothing(fi
     team.assert_ok(team.run(str(clone(tmp_path / "elsewhere" / "deeper" / "slmflow"))))
     assert all(step_reuse(team.latest()).values())
     url, commit = git_daemon
-    for _ in range(2):
-        team.assert_ok(team.run(url, "-v", commit))
-        parent = team.latest()
+    team.assert_ok(team.run(url, "-v", commit))
+    # The second one as cron runs it: through bin/scheduled-run, with its lock and its own log file.
+    schedule = tmp_path / "schedule"
+    scheduled = run_command(
+        [str(PROJECT_DIR / "bin" / "scheduled-run"), url, commit],
+        cwd=tmp_path,
+        timeout=1200,
+        MLFLOW_TRACKING_URI=team.server.uri,
+        MLFLOW_EXPERIMENT_NAME=EXPERIMENT,
+        SLMFLOW_SCHEDULE_DIR=str(schedule),
+    )
+    team.assert_ok(scheduled)
+    [log] = (schedule / "logs").iterdir()
+    assert "pipeline finished" in log.read_text() and str(log) in scheduled.stderr
+    for parent in parent_runs(team.client, team.experiment_id)[:2]:
         assert all(step_reuse(parent).values())
         assert parent.data.tags["mlflow.source.git.commit"] == commit
     assert versions(team.client) == ["1"]
@@ -275,7 +339,7 @@ def test_two_runs_started_together_register_one_version(first_run, team, checkou
     registered = team.client.search_model_versions(f"name = '{name}'")
     assert len(registered) == 1
     [version] = registered
-    assert alias(team.client, name, "champion") == alias(team.client, name, "challenger") == str(version.version)
+    assert aliases(team.client, name) == {"champion": str(version.version)}
     parents = parent_runs(team.client, team.experiment_id)[:2]
     assert {p.data.tags["slmflow.output.registered_version"] for p in parents} == {str(version.version)}
     assert all(step_reuse(p)["fetch_model"] for p in parents)  # a runtime change does not refetch
@@ -313,8 +377,11 @@ def test_a_run_killed_during_evaluate_is_finished_by_the_next(first_run, team, c
         "evaluate": False,
         "register": False,
     }
-    assert parent.data.tags["slmflow.step.evaluate.run_id"] != evaluating.info.run_id
-    assert team.client.get_run(evaluating.info.run_id).info.status == "RUNNING"  # never taken for a finished step
+    redone = team.client.get_run(parent.data.tags["slmflow.step.evaluate.run_id"])
+    assert redone.info.run_id != evaluating.info.run_id
+    # Same cache key, but RUNNING: never taken for a finished step.
+    assert redone.data.tags["slmflow.cache_key"] == evaluating.data.tags["slmflow.cache_key"]
+    assert team.client.get_run(evaluating.info.run_id).info.status == "RUNNING"
     assert versions(team.client, name) == ["1"] and alias(team.client, name, "champion") == "1"
 
 

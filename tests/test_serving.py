@@ -27,8 +27,8 @@ pytestmark = pytest.mark.e2e
 SERVED_NAME = "served-tiny-chat"
 CAPITALS = {"Spain": "Madrid", "Kenya": "Nairobi", "Peru": "Lima", "Japan": "Tokyo"}
 # Peak RSS of the whole server (its workers included) through the hostile mix below. Measured about
-# 1.3 GB on the tiny model with MLflow's two uvicorn workers; the bound leaves room for noise.
-PEAK_RSS_BOUND_MB = 2500
+# 510 MB on the tiny model; the bound leaves room for noise.
+PEAK_RSS_BOUND_MB = 1024
 
 
 def post(base: str, body, timeout: float = 120, headers: dict | None = None) -> tuple[int, object]:

@@ -125,7 +125,11 @@ class TrackingServer:
                 command, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
             )
         server = cls(f"http://127.0.0.1:{port}", password, process, log)
-        server._wait_until_up()
+        try:
+            server._wait_until_up()
+        except BaseException:  # an interrupted start too: never leave the group running
+            server.stop()
+            raise
         return server
 
     def _wait_until_up(self, timeout: float = 180) -> None:
@@ -140,7 +144,6 @@ class TrackingServer:
             except (urllib.error.URLError, OSError):
                 pass
             time.sleep(0.5)
-        self.stop()
         raise RuntimeError(f"mlflow server did not answer within {timeout:.0f} s: {self.log.read_text()[-3000:]}")
 
     def stop(self) -> None:
