@@ -27,7 +27,7 @@ import numpy as np
 import requests
 
 from benchmarks.report import write_report
-from slmflow.evaluation import completion_tokens
+from slmflow.evaluation.metrics import completion_tokens
 from tests.conftest import free_port, launched_server
 
 MODELS = {"tiny-phi3": "builtin:tiny-phi3", "bench-phi3-100m": "builtin:bench-phi3-100m"}
