@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from collections.abc import Sequence
 
@@ -15,6 +16,14 @@ from slmflow.step import ERROR_TAG
 GENERATION_DEFAULTS = {"max_tokens": int, "temperature": float, "top_p": float, "top_k": int, "seed": int}
 
 
+def undo_shell_quoting(argument: str) -> str:
+    """MLflow's Kubernetes backend shell-quotes every argument of an exec-form command (no shell runs):
+    `local[2]` arrives as `'local[2]'` and an empty value as `''`. No real value here is so quoted."""
+    if len(argument) >= 2 and argument[0] == argument[-1] == "'":
+        return "".join(shlex.split(argument))
+    return argument
+
+
 def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model-uri", required=True)
@@ -25,7 +34,7 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
     for name, kind in GENERATION_DEFAULTS.items():
         # "" leaves the field to the model's own default; a row's own value always wins.
         parser.add_argument(f"--{name.replace('_', '-')}", type=lambda text, kind=kind: kind(text) if text else None)
-    return parser.parse_args(argv)
+    return parser.parse_args([undo_shell_quoting(argument) for argument in (sys.argv[1:] if argv is None else argv)])
 
 
 def batch_score(args: argparse.Namespace) -> None:

@@ -21,6 +21,7 @@ class FakeChatModel:
 
     def __init__(self, single_row_alone: bool = False) -> None:
         self.batches: list[list[str]] = []
+        self.columns: list[list[str]] = []
         self.single_row_alone = single_row_alone
 
     def predict(self, rows: pd.DataFrame):
@@ -29,6 +30,7 @@ class FakeChatModel:
         if bad:
             raise MlflowException.invalid_parameter_value(f"row {bad[0]}: '{texts[bad[0]]}' is refused")
         self.batches.append(texts)
+        self.columns.append(list(rows.columns))
         if self.single_row_alone and len(texts) == 1:
             return completion(texts[0].upper())
         return [completion(text.upper()) for text in texts]
@@ -45,6 +47,15 @@ def test_bad_rows_get_their_own_error_and_good_rows_stay_batched():
     assert results[0]["usage"] == {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}
     assert results[2]["usage"] == {"prompt_tokens": None, "completion_tokens": None, "total_tokens": None}
     assert model.batches == [["a", "b"], ["c"], ["d", "e"], ["f"]]  # halves, not row by row
+
+
+def test_rows_go_in_groups_that_fill_the_same_fields_without_empty_columns():
+    model = FakeChatModel()
+    rows = pd.DataFrame({"text": ["a", "b", "c", "d"], "max_tokens": pd.array([None, 8, None, 8], dtype="Int64")})
+    results = score_rows(model.predict, rows)
+    assert [r["answer"] for r in results] == ["A", "B", "C", "D"]
+    assert model.batches == [["a", "c"], ["b", "d"]]
+    assert model.columns == [["text"], ["text", "max_tokens"]]
 
 
 def test_a_batch_of_one_returned_alone_is_one_row():

@@ -29,7 +29,26 @@ Predict = Callable[[pd.DataFrame], Any]
 
 
 def score_rows(predict: Predict, rows: pd.DataFrame) -> list[dict[str, Any]]:
-    """One result per row, in order: the answer, or the error the model gave that row."""
+    """One result per row, in order: the answer, or the error the model gave that row.
+
+    Rows are sent in groups that fill the same fields, without the empty columns: Spark gives a
+    missing number as a nullable <NA> that a model's schema check cannot take as a long.
+    """
+    rows = rows.reset_index(drop=True)
+    filled = rows.notna()
+    groups: dict[tuple[bool, ...], list[int]] = {}
+    for position, pattern in enumerate(filled.itertuples(index=False, name=None)):
+        groups.setdefault(pattern, []).append(position)
+    results: list[dict[str, Any]] = [{}] * len(rows)
+    for pattern, positions in groups.items():
+        columns = [column for column, present in zip(rows.columns, pattern, strict=True) if present]
+        for position, result in zip(positions, _score_batch(predict, rows.loc[positions, columns]), strict=True):
+            results[position] = result
+    return results
+
+
+def _score_batch(predict: Predict, rows: pd.DataFrame) -> list[dict[str, Any]]:
+    """Score rows together; when the model refuses them, halve until each bad row stands alone."""
     rows = rows.reset_index(drop=True)
     try:
         predictions = per_row(predict(rows), len(rows))
@@ -39,7 +58,7 @@ def score_rows(predict: Predict, rows: pd.DataFrame) -> list[dict[str, Any]]:
         if len(rows) == 1:
             return [error_result(_ROW_PREFIX.sub("", error.message))]
         half = len(rows) // 2
-        return score_rows(predict, rows.iloc[:half]) + score_rows(predict, rows.iloc[half:])
+        return _score_batch(predict, rows.iloc[:half]) + _score_batch(predict, rows.iloc[half:])
     return [answer_result(prediction) for prediction in predictions]
 
 
