@@ -8,10 +8,11 @@ from typing import Any
 
 import mlflow
 from mlflow.models import ModelSignature
-from mlflow.types.schema import Array, ColSpec, Object, ParamSchema, ParamSpec, Property, Schema
+from mlflow.types.schema import AnyType, Array, ColSpec, ParamSchema, ParamSpec, Schema
 
 from slmflow.config import GenerationConfig, RuntimeConfig, SourceConfig
 from slmflow.onnx_chat import ONNX_ARTIFACT
+from slmflow.requests import SAMPLING_FIELDS, UNSUPPORTED_FIELDS
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 REQUIREMENTS_FILE = PACKAGE_DIR.parent / "requirements.txt"
@@ -36,9 +37,10 @@ def pinned_requirements(*names: str) -> list[str]:
     return [pins[name.lower()] for name in names]
 
 
-# Per-request generation fields: accepted in the request body (a column per row) and as params.
-SAMPLING_TYPES = {
+# Request fields MLflow type-checks itself when they come as params (or at the top level of a chat body).
+PARAM_TYPES = {
     "max_tokens": "long",
+    "max_completion_tokens": "long",
     "temperature": "double",
     "top_p": "double",
     "top_k": "long",
@@ -48,16 +50,22 @@ SAMPLING_TYPES = {
 
 
 def onnx_chat_signature() -> ModelSignature:
-    message = Object([Property("role", "string"), Property("content", "string")])
+    """Every request field as a column of any type, so the request model checks it and names it (MLflow's
+    schema errors quote the whole input), and unsupported OpenAI fields reach it to be refused."""
+    columns = ("prompt", *SAMPLING_FIELDS, "max_completion_tokens", *UNSUPPORTED_FIELDS)
     inputs = Schema(
         [
-            ColSpec(Array(message), "messages", required=False),
-            ColSpec("string", "prompt", required=False),
-            ColSpec(Array("string"), "stop", required=False),
-            *(ColSpec(dtype, name, required=False) for name, dtype in SAMPLING_TYPES.items()),
+            # An array column makes MLflow read a chat body as one row.
+            ColSpec(Array(AnyType()), "messages", required=False),
+            *(ColSpec(AnyType(), name, required=False) for name in columns),
         ]
     )
-    params = ParamSchema([ParamSpec(name, dtype, None) for name, dtype in SAMPLING_TYPES.items()])
+    params = ParamSchema(
+        [
+            *(ParamSpec(name, dtype, None) for name, dtype in PARAM_TYPES.items()),
+            ParamSpec("stop", "string", None, shape=(-1,)),
+        ]
+    )
     return ModelSignature(inputs=inputs, params=params)
 
 

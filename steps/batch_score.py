@@ -1,19 +1,19 @@
-"""Score a table of chat requests with a logged chat model on Spark; write Parquet, log the counts."""
+"""Score a table of chat requests with a chat model on Spark; write Parquet, log the counts."""
 
 from __future__ import annotations
 
-import argparse
 import shlex
 import sys
 from collections.abc import Sequence
 
 import mlflow
 
-from slmflow.batch.spark import score, spark_session
+from slmflow.batch.spark import generation_defaults, score, spark_session
 from slmflow.errors import PipelineError
-from slmflow.step import ERROR_TAG
+from slmflow.pipeline.contract import GENERATION_FIELDS, STEPS
+from slmflow.pipeline.step import ERROR_TAG, set_outputs
 
-GENERATION_DEFAULTS = {"max_tokens": int, "temperature": float, "top_p": float, "top_k": int, "seed": int}
+STEP = STEPS["batch_score"]
 
 
 def undo_shell_quoting(argument: str) -> str:
@@ -24,23 +24,15 @@ def undo_shell_quoting(argument: str) -> str:
     return argument
 
 
-def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model-uri", required=True)
-    parser.add_argument("--input", required=True, help="JSON Lines (.jsonl) or Parquet (.parquet or a folder)")
-    parser.add_argument("--output", required=True, help="Parquet folder to create")
-    parser.add_argument("--spark-master", default="local[2]")
-    parser.add_argument("--batch-size", type=int, default=8)
-    for name, kind in GENERATION_DEFAULTS.items():
-        # "" leaves the field to the model's own default; a row's own value always wins.
-        parser.add_argument(f"--{name.replace('_', '-')}", type=lambda text, kind=kind: kind(text) if text else None)
-    return parser.parse_args([undo_shell_quoting(argument) for argument in (sys.argv[1:] if argv is None else argv)])
+def parse_arguments(argv: Sequence[str] | None = None):
+    argv = sys.argv[1:] if argv is None else argv
+    return STEP.argument_parser().parse_args([undo_shell_quoting(argument) for argument in argv])
 
 
-def batch_score(args: argparse.Namespace) -> None:
-    defaults = {name: getattr(args, name) for name in GENERATION_DEFAULTS if getattr(args, name) is not None}
+def batch_score(args) -> None:
+    defaults = generation_defaults({name: getattr(args, name) for name in GENERATION_FIELDS})
     spark = spark_session(args.spark_master)
-    summary = score(spark, args.model_uri, args.input, args.output, defaults, args.batch_size)
+    summary = score(spark, args.model_uri, args.input, args.output, defaults, int(args.batch_size))
     mlflow.log_metrics(
         {
             "rows": summary.rows,
@@ -50,8 +42,8 @@ def batch_score(args: argparse.Namespace) -> None:
             "seconds": summary.seconds,
         }
     )
-    mlflow.set_tag("slmflow.output.batch_output", summary.output)
     mlflow.log_dict(summary.as_dict(), "batch_score/summary.json")
+    set_outputs(STEP, batch_output=summary.output)
     rate = f"{summary.rows_per_second:.2f} rows/s"
     print(f"scored {summary.rows} rows ({summary.errors} errors) at {rate} into {summary.output}")
 
@@ -61,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     with mlflow.start_run():
         try:
             batch_score(args)
-        except PipelineError as error:  # a cause the user can fix: one line, the run FAILED with it
+        except PipelineError as error:  # a cause the user can fix: one line, and the run FAILED with it
             mlflow.set_tag(ERROR_TAG, f"{type(error).__name__}: {error}"[:4000])
             mlflow.end_run(status="FAILED")
             print(f"error: {error}", file=sys.stderr)

@@ -18,11 +18,14 @@ from typing import Any
 import mlflow
 import pandas as pd
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import BAD_REQUEST, INVALID_PARAMETER_VALUE, ErrorCode
+from mlflow.protos.databricks_pb2 import BAD_REQUEST, DEADLINE_EXCEEDED, INVALID_PARAMETER_VALUE, ErrorCode
 
 WRAPPED_ARTIFACT = "chat_model"
 NO_ERROR = ""  # Spark's struct conversion turns None into "None" in a string column; "" is mapped back to null
-BAD_INPUT_CODES = frozenset(ErrorCode.Name(code) for code in (INVALID_PARAMETER_VALUE, BAD_REQUEST))
+# Refusals that concern the rows sent: a smaller batch isolates them (a deadline may pass for fewer rows).
+ROW_REFUSAL_CODES = frozenset(
+    ErrorCode.Name(code) for code in (INVALID_PARAMETER_VALUE, BAD_REQUEST, DEADLINE_EXCEEDED)
+)
 _ROW_PREFIX = re.compile(r"^row \d+: ")
 
 Predict = Callable[[pd.DataFrame], Any]
@@ -53,7 +56,7 @@ def _score_batch(predict: Predict, rows: pd.DataFrame) -> list[dict[str, Any]]:
     try:
         predictions = per_row(predict(rows), len(rows))
     except MlflowException as error:
-        if error.error_code not in BAD_INPUT_CODES:
+        if error.error_code not in ROW_REFUSAL_CODES:
             raise
         if len(rows) == 1:
             return [error_result(_ROW_PREFIX.sub("", error.message))]

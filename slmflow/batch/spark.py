@@ -8,8 +8,10 @@ an answer with finish_reason and usage, or the error that row caused; the job go
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -132,6 +134,30 @@ def with_defaults(frame, schema, defaults: dict[str, Any]):
         default = F.lit(value).cast(types[name])
         frame = frame.withColumn(name, F.coalesce(F.col(name), default) if name in frame.columns else default)
     return frame
+
+
+def generation_defaults(values: Mapping[str, str | None]) -> dict[str, Any]:
+    """The job's generation defaults (command-line strings; empty: the model's own), checked by the
+    request model before any row is read."""
+    from pydantic import ValidationError
+
+    from slmflow.requests import SamplingSettings
+
+    defaults = {name: _number(text) for name, text in values.items() if text not in (None, "")}
+    try:
+        SamplingSettings.model_validate(defaults)
+    except ValidationError as error:
+        problem = error.errors()[0]
+        field = ".".join(str(part) for part in problem["loc"])
+        raise BatchInputError(f"generation default '{field}': {problem['msg']}, got {problem['input']!r}") from None
+    return defaults
+
+
+def _number(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text  # refused by the request model with the field's name
 
 
 def save_row_model(model_uri: str, folder: Path) -> str:
