@@ -123,3 +123,16 @@ def run_command(command: list[str], cwd: Path, timeout: float = 600, **env: str)
 
 def mlflow_cli() -> list[str]:
     return [sys.executable, "-m", "mlflow"]
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """One local Spark session (2 cores, small memory) for every Spark test; stopped at the end."""
+    from slmflow.batch.spark import spark_session
+
+    session = spark_session(
+        "local[2]",
+        **{"spark.driver.memory": "1g", "spark.ui.enabled": "false", "spark.sql.shuffle.partitions": "2"},
+    )
+    yield session
+    session.stop()

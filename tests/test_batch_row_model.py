@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import pandas as pd
+import json
+
 import pytest
 from mlflow.exceptions import MlflowException
 
-from slmflow.batch.row_model import NO_ERROR, per_row, score_rows
+from slmflow.batch.row_model import NO_ERROR, per_row, score_requests
 
 
 def completion(text: str) -> dict:
@@ -21,25 +22,26 @@ class FakeChatModel:
 
     def __init__(self, single_row_alone: bool = False) -> None:
         self.batches: list[list[str]] = []
-        self.columns: list[list[str]] = []
         self.single_row_alone = single_row_alone
 
-    def predict(self, rows: pd.DataFrame):
-        texts = list(rows["text"])
+    def predict(self, rows: list[dict]):
+        texts = [row["text"] for row in rows]
         bad = [index for index, text in enumerate(texts) if text.startswith("bad")]
         if bad:
             raise MlflowException.invalid_parameter_value(f"row {bad[0]}: '{texts[bad[0]]}' is refused")
         self.batches.append(texts)
-        self.columns.append(list(rows.columns))
         if self.single_row_alone and len(texts) == 1:
             return completion(texts[0].upper())
         return [completion(text.upper()) for text in texts]
 
 
+def lines(*texts: str) -> list[str]:
+    return [json.dumps({"text": text}) for text in texts]
+
+
 def test_bad_rows_get_their_own_error_and_good_rows_stay_batched():
     model = FakeChatModel()
-    texts = ["a", "b", "bad one", "c", "d", "e", "f", "bad two"]
-    results = score_rows(model.predict, pd.DataFrame({"text": texts}, index=range(10, 18)))
+    results = score_requests(model.predict, lines("a", "b", "bad one", "c", "d", "e", "f", "bad two"))
     assert [r["answer"] for r in results] == ["A", "B", None, "C", "D", "E", "F", None]
     assert [r["error"] for r in results] == [NO_ERROR] * 2 + ["'bad one' is refused"] + [NO_ERROR] * 4 + [
         "'bad two' is refused"
@@ -49,26 +51,26 @@ def test_bad_rows_get_their_own_error_and_good_rows_stay_batched():
     assert model.batches == [["a", "b"], ["c"], ["d", "e"], ["f"]]  # halves, not row by row
 
 
-def test_rows_go_in_groups_that_fill_the_same_fields_without_empty_columns():
+def test_lines_that_are_not_json_objects_get_an_error_and_the_rest_are_scored_together():
     model = FakeChatModel()
-    rows = pd.DataFrame({"text": ["a", "b", "c", "d"], "max_tokens": pd.array([None, 8, None, 8], dtype="Int64")})
-    results = score_rows(model.predict, rows)
-    assert [r["answer"] for r in results] == ["A", "B", "C", "D"]
-    assert model.batches == [["a", "c"], ["b", "d"]]
-    assert model.columns == [["text"], ["text", "max_tokens"]]
+    results = score_requests(model.predict, ["{not json", *lines("a"), "[1, 2]", *lines("b")])
+    assert results[0]["error"].startswith("not a JSON object") and "{not json" in results[0]["error"]
+    assert results[2]["error"] == "a request must be a JSON object, got: [1, 2]"
+    assert [results[1]["answer"], results[3]["answer"]] == ["A", "B"]
+    assert model.batches == [["a", "b"]]
 
 
 def test_a_batch_of_one_returned_alone_is_one_row():
-    results = score_rows(FakeChatModel(single_row_alone=True).predict, pd.DataFrame({"text": ["x"]}))
+    results = score_requests(FakeChatModel(single_row_alone=True).predict, lines("x"))
     assert results[0]["answer"] == "X" and results[0]["finish_reason"] == "stop"
 
 
-def test_errors_other_than_bad_input_stop_the_batch():
+def test_errors_other_than_refused_rows_stop_the_batch():
     def broken(rows):
         raise MlflowException("the runtime crashed")
 
     with pytest.raises(MlflowException, match="crashed"):
-        score_rows(broken, pd.DataFrame({"text": ["a", "b"]}))
+        score_requests(broken, lines("a", "b"))
 
 
 def test_a_result_count_that_does_not_match_the_rows_is_an_error():

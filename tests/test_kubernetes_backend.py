@@ -95,7 +95,7 @@ def test_the_job_runs_the_entry_point_with_tracking_credentials_from_the_secret(
     args = parse_arguments(container["command"][3:])
     assert args.model_uri == parameters["model_uri"] and args.input == parameters["input"]
     assert args.output == parameters["output"] and args.spark_master == "local[2]"
-    assert args.max_tokens == 32 and args.temperature is None and args.batch_size == 8
+    assert (args.max_tokens, args.temperature, args.batch_size) == ("32", "", "8")
 
     env = {item["name"]: item for item in container["env"]}
     assert env["MLFLOW_TRACKING_URI"]["value"] == TRACKING_URI

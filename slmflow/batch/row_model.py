@@ -1,9 +1,10 @@
-"""A pyfunc wrapper that scores chat rows with a logged chat model and gives every row its own result.
+"""A pyfunc wrapper that scores JSON chat requests with a logged chat model, one result per row.
 
-Spark hands `predict` a batch of rows; the wrapped model validates a batch as a whole (one bad row is
-a bad request for all). Here a refused batch is split in halves until every bad row stands alone with
-its error, so good rows are still answered, and still in batches. Rows are never validated here: the
-wrapped model's own `predict` decides what is bad.
+Spark hands `predict` a batch of rows, each one request as a JSON object. The wrapped model
+validates a batch as a whole (one bad row is a bad request for all); here a refused batch is split in
+halves until every bad row stands alone with its error, so good rows are still answered, and still
+in batches. Requests are never validated here: the wrapped model's own `predict` decides what is
+bad, exactly as when it is served.
 
 This file is the wrapper's code (models-from-code): it imports nothing from slmflow, so a Spark
 executor needs only the model folder.
@@ -11,8 +12,9 @@ executor needs only the model folder.
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import mlflow
@@ -21,38 +23,40 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import BAD_REQUEST, DEADLINE_EXCEEDED, INVALID_PARAMETER_VALUE, ErrorCode
 
 WRAPPED_ARTIFACT = "chat_model"
+REQUEST_COLUMN = "request"  # one JSON object per row
 NO_ERROR = ""  # Spark's struct conversion turns None into "None" in a string column; "" is mapped back to null
+QUOTE_CHARS = 200
 # Refusals that concern the rows sent: a smaller batch isolates them (a deadline may pass for fewer rows).
 ROW_REFUSAL_CODES = frozenset(
     ErrorCode.Name(code) for code in (INVALID_PARAMETER_VALUE, BAD_REQUEST, DEADLINE_EXCEEDED)
 )
 _ROW_PREFIX = re.compile(r"^row \d+: ")
 
-Predict = Callable[[pd.DataFrame], Any]
+Predict = Callable[[list[dict[str, Any]]], Any]
 
 
-def score_rows(predict: Predict, rows: pd.DataFrame) -> list[dict[str, Any]]:
-    """One result per row, in order: the answer, or the error the model gave that row.
-
-    Rows are sent in groups that fill the same fields, without the empty columns: Spark gives a
-    missing number as a nullable <NA> that a model's schema check cannot take as a long.
-    """
-    rows = rows.reset_index(drop=True)
-    filled = rows.notna()
-    groups: dict[tuple[bool, ...], list[int]] = {}
-    for position, pattern in enumerate(filled.itertuples(index=False, name=None)):
-        groups.setdefault(pattern, []).append(position)
-    results: list[dict[str, Any]] = [{}] * len(rows)
-    for pattern, positions in groups.items():
-        columns = [column for column, present in zip(rows.columns, pattern, strict=True) if present]
-        for position, result in zip(positions, _score_batch(predict, rows.loc[positions, columns]), strict=True):
+def score_requests(predict: Predict, lines: Sequence[str]) -> list[dict[str, Any]]:
+    """One result per JSON line, in order: the answer, or why that row was not answered."""
+    results: list[dict[str, Any]] = [{}] * len(lines)
+    requests: dict[int, dict[str, Any]] = {}
+    for position, line in enumerate(lines):
+        try:
+            request = json.loads(line)
+        except (TypeError, json.JSONDecodeError) as error:
+            results[position] = error_result(f"not a JSON object ({error}): {str(line)[:QUOTE_CHARS]}")
+            continue
+        if isinstance(request, dict):
+            requests[position] = request
+        else:
+            results[position] = error_result(f"a request must be a JSON object, got: {str(line)[:QUOTE_CHARS]}")
+    if requests:
+        for position, result in zip(requests, score_rows(predict, list(requests.values())), strict=True):
             results[position] = result
     return results
 
 
-def _score_batch(predict: Predict, rows: pd.DataFrame) -> list[dict[str, Any]]:
+def score_rows(predict: Predict, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Score rows together; when the model refuses them, halve until each bad row stands alone."""
-    rows = rows.reset_index(drop=True)
     try:
         predictions = per_row(predict(rows), len(rows))
     except MlflowException as error:
@@ -61,7 +65,7 @@ def _score_batch(predict: Predict, rows: pd.DataFrame) -> list[dict[str, Any]]:
         if len(rows) == 1:
             return [error_result(_ROW_PREFIX.sub("", error.message))]
         half = len(rows) // 2
-        return _score_batch(predict, rows.iloc[:half]) + _score_batch(predict, rows.iloc[half:])
+        return score_rows(predict, rows[:half]) + score_rows(predict, rows[half:])
     return [answer_result(prediction) for prediction in predictions]
 
 
@@ -95,13 +99,20 @@ def _usage(usage: Mapping[str, int] | None) -> dict[str, int | None]:
 
 
 class RowResultsModel(mlflow.pyfunc.PythonModel):
-    """Loads the wrapped chat model once per load (Spark loads once per Python worker) and scores batches."""
+    """Loads the wrapped chat model (Spark loads this once per Python worker) and scores batches.
+
+    `model_config["params"]` are the job's generation defaults, passed to the chat model as its
+    params: a row's own value wins."""
 
     def load_context(self, context) -> None:
         self.chat_model = mlflow.pyfunc.load_model(context.artifacts[WRAPPED_ARTIFACT])
+        self.params = dict((context.model_config or {}).get("params") or {}) or None
 
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        return pd.DataFrame(score_rows(self.chat_model.predict, model_input))
+        def predict_rows(rows: list[dict[str, Any]]) -> Any:
+            return self.chat_model.predict(rows, params=self.params)
+
+        return pd.DataFrame(score_requests(predict_rows, list(model_input[REQUEST_COLUMN])))
 
 
 mlflow.models.set_model(RowResultsModel())

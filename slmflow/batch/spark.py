@@ -1,9 +1,10 @@
 """Batch scoring of chat requests on Spark with `mlflow.pyfunc.spark_udf`.
 
-Requests are rows (JSON Lines or Parquet): `messages` plus any of the model's generation fields,
-typed by the model's own input signature. The model runs inside Spark's Python workers, loaded once
-per worker, and sees the rows in Arrow batches, so its own batching is used. Every row gets a result:
-an answer with finish_reason and usage, or the error that row caused; the job goes on.
+Requests are rows (JSON Lines or Parquet): `messages` plus any generation fields, as in a request to
+the served model. Each row reaches the model as that JSON object and is validated by the model itself.
+The model runs inside Spark's Python workers, loaded once per worker, and sees the rows in Arrow
+batches, so its own batching is used. Every row gets a result: an answer with finish_reason and
+usage, or the error that row caused; the job goes on.
 """
 
 from __future__ import annotations
@@ -17,26 +18,25 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-from mlflow.types.schema import Array, DataType, Object
 
-from slmflow.batch.row_model import NO_ERROR, WRAPPED_ARTIFACT
+from slmflow.batch.row_model import NO_ERROR, REQUEST_COLUMN, WRAPPED_ARTIFACT
 from slmflow.errors import PipelineError
+from slmflow.requests import SAMPLING_FIELDS
 
 ROW_MODEL_CODE = Path(__file__).resolve().parent / "row_model.py"
 RESULT_TYPE = (
     "answer string, finish_reason string, "
     "usage struct<prompt_tokens: long, completion_tokens: long, total_tokens: long>, error string"
 )
-RESULT_COLUMNS = ("answer", "finish_reason", "usage", "error")
 JSON_SUFFIXES = (".jsonl", ".ndjson", ".json")
-ID_COLUMN = "id"  # carried from JSON Lines input to the output; Parquet input keeps all its columns
+# The columns of a Parquet input that make up a request; the others are carried to the output.
+REQUEST_FIELDS = ("messages", "prompt", *SAMPLING_FIELDS)
+ID_COLUMN = "id"  # a JSON line's `id`, carried to the output
 INPUT_ROW_COLUMN = "input_row"  # increases with input order; the output is not sorted
-CORRUPT_COLUMN = "_corrupt_record"
-ERROR_TEXT_LIMIT = 200
 
 
 class BatchInputError(PipelineError):
-    """The input cannot be scored at all (missing file, unknown format, a column of the wrong type)."""
+    """The job cannot start (unknown input format, no request column, a bad generation default)."""
 
 
 @dataclass(frozen=True)
@@ -65,77 +65,6 @@ def spark_session(master: str = "local[2]", app_name: str = "slmflow-batch-score
     return builder.getOrCreate()
 
 
-def spark_type(dtype: Any):
-    """The Spark type of an MLflow signature type (columns, arrays, objects)."""
-    from pyspark.sql.types import ArrayType, StructField, StructType
-
-    if isinstance(dtype, Array):
-        return ArrayType(spark_type(dtype.dtype))
-    if isinstance(dtype, Object):
-        return StructType([StructField(prop.name, spark_type(prop.dtype)) for prop in dtype.properties])
-    if isinstance(dtype, DataType):
-        return dtype.to_spark()
-    raise BatchInputError(f"the model's signature has a type Spark scoring does not handle: {dtype}")
-
-
-def request_schema(model_uri: str):
-    """The request columns and their Spark types, from the model's input signature."""
-    from pyspark.sql.types import StructField, StructType
-
-    signature = mlflow.models.get_model_info(model_uri).signature
-    if signature is None or signature.inputs is None:
-        raise BatchInputError(f"{model_uri} has no input signature: the request columns are unknown")
-    return StructType([StructField(spec.name, spark_type(spec.type)) for spec in signature.inputs.inputs])
-
-
-def read_requests(spark, path: str, schema):
-    """Requests as a DataFrame of the schema's columns (plus `id`, or every column of a Parquet input)."""
-    from pyspark.sql import functions as F
-    from pyspark.sql.types import StringType, StructField, StructType
-
-    if path.lower().endswith(JSON_SUFFIXES):
-        if not Path(path).exists() and "://" not in path:
-            raise BatchInputError(f"input {path} does not exist")
-        json_schema = StructType(
-            [*schema.fields, StructField(ID_COLUMN, StringType()), StructField(CORRUPT_COLUMN, StringType())]
-        )
-        frame = spark.read.schema(json_schema).option("mode", "PERMISSIVE").json(path)
-        # Spark refuses a query on the corrupt-record column alone unless the parsed rows are cached.
-        return frame.cache()
-    if path.lower().endswith(".parquet") or Path(path).is_dir():
-        frame = spark.read.parquet(path)
-        _check_columns(frame, schema, path)
-        return frame.withColumn(CORRUPT_COLUMN, F.lit(None).cast("string"))
-    raise BatchInputError(
-        f"input {path}: expected JSON Lines ({', '.join(JSON_SUFFIXES)}) or Parquet (.parquet or a folder)"
-    )
-
-
-def _check_columns(frame, schema, path: str) -> None:
-    present = {field.name: field.dataType for field in frame.schema.fields}
-    if not {"messages", "prompt"} & present.keys():
-        raise BatchInputError(f"input {path} has no 'messages' column")
-    for field in schema.fields:
-        if field.name in present and present[field.name] != field.dataType:
-            raise BatchInputError(
-                f"input {path}: column '{field.name}' is {present[field.name].simpleString()}, "
-                f"the model expects {field.dataType.simpleString()}"
-            )
-
-
-def with_defaults(frame, schema, defaults: dict[str, Any]):
-    """Fill the generation fields a row leaves empty with the job's defaults (a row's own value wins)."""
-    from pyspark.sql import functions as F
-
-    types = {field.name: field.dataType for field in schema.fields}
-    for name, value in defaults.items():
-        if name not in types:
-            raise BatchInputError(f"'{name}' is not a request field of this model ({', '.join(types)})")
-        default = F.lit(value).cast(types[name])
-        frame = frame.withColumn(name, F.coalesce(F.col(name), default) if name in frame.columns else default)
-    return frame
-
-
 def generation_defaults(values: Mapping[str, str | None]) -> dict[str, Any]:
     """The job's generation defaults (command-line strings; empty: the model's own), checked by the
     request model before any row is read."""
@@ -160,13 +89,34 @@ def _number(text: str) -> Any:
         return text  # refused by the request model with the field's name
 
 
-def save_row_model(model_uri: str, folder: Path) -> str:
+def read_requests(spark, path: str):
+    """A DataFrame with one JSON request per row in `request` (plus `id`, or a Parquet input's other columns)."""
+    from pyspark.sql import functions as F
+
+    lowered = path.lower().rstrip("/")
+    if lowered.endswith(JSON_SUFFIXES):
+        lines = spark.read.text(path).withColumnRenamed("value", REQUEST_COLUMN)
+        lines = lines.filter(F.trim(F.col(REQUEST_COLUMN)) != "")
+        return lines.withColumn(ID_COLUMN, F.get_json_object(REQUEST_COLUMN, f"$.{ID_COLUMN}"))
+    if lowered.endswith(".parquet") or Path(path).is_dir():
+        frame = spark.read.parquet(path)
+        fields = [name for name in REQUEST_FIELDS if name in frame.columns]
+        if not {"messages", "prompt"} & set(fields):
+            raise BatchInputError(f"input {path} has no 'messages' column (columns: {', '.join(frame.columns)})")
+        return frame.withColumn(REQUEST_COLUMN, F.to_json(F.struct(*fields))).drop(*fields)
+    raise BatchInputError(
+        f"input {path}: expected JSON Lines ({', '.join(JSON_SUFFIXES)}) or Parquet (.parquet or a folder)"
+    )
+
+
+def save_row_model(model_uri: str, folder: Path, defaults: Mapping[str, Any]) -> str:
     """Save the per-row wrapper around the chat model (a copy of it inside) for spark_udf to ship."""
     path = folder / "row-results-model"
     mlflow.pyfunc.save_model(
         path=str(path),
         python_model=str(ROW_MODEL_CODE),
         artifacts={WRAPPED_ARTIFACT: model_uri},
+        model_config={"params": dict(defaults)},
     )
     return str(path)
 
@@ -176,7 +126,7 @@ def score(
     model_uri: str,
     input_path: str,
     output_path: str,
-    defaults: dict[str, Any] | None = None,
+    defaults: Mapping[str, Any] | None = None,
     batch_size: int = 8,
 ) -> BatchSummary:
     """Score every request row into Parquet at output_path; return counts and throughput."""
@@ -184,49 +134,27 @@ def score(
 
     if batch_size < 1:
         raise BatchInputError(f"batch_size must be >= 1, got {batch_size}")
-    schema = request_schema(model_uri)
-    requests = read_requests(spark, input_path, schema).withColumn(INPUT_ROW_COLUMN, F.monotonically_increasing_id())
-    requests = with_defaults(requests, schema, defaults or {})
-    request_columns = [field.name for field in schema.fields if field.name in requests.columns]
-    # Rows reach the model's predict in Arrow batches of this size: its own batching over them.
+    requests = read_requests(spark, input_path).withColumn(INPUT_ROW_COLUMN, F.monotonically_increasing_id())
+    # One partition per core: each Python worker loads the model once and scores its share.
+    requests = requests.repartition(spark.sparkContext.defaultParallelism)
+    # Rows reach the model's predict in Arrow batches of this size: its own batching works on them.
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(batch_size))
     with tempfile.TemporaryDirectory(prefix="slmflow-batch-") as folder:
         row_model = mlflow.pyfunc.spark_udf(
-            spark, save_row_model(model_uri, Path(folder)), result_type=RESULT_TYPE, env_manager="local"
+            spark, save_row_model(model_uri, Path(folder), defaults or {}), result_type=RESULT_TYPE, env_manager="local"
         )
-        good = requests.filter(F.col(CORRUPT_COLUMN).isNull())
-        # One partition per core: each Python worker loads the model once and scores its share.
-        good = good.repartition(spark.sparkContext.defaultParallelism)
-        scored = good.withColumn("result", row_model(F.struct(*request_columns)))
-        malformed = requests.filter(F.col(CORRUPT_COLUMN).isNotNull()).withColumn("result", _malformed_result())
-        output = _flatten(scored.unionByName(malformed)).drop(CORRUPT_COLUMN)
+        output = _flatten(requests.withColumn("result", row_model(F.struct(REQUEST_COLUMN))))
         started = time.perf_counter()
         output.write.parquet(output_path)
         seconds = time.perf_counter() - started
     written = spark.read.parquet(output_path)
     counts = written.agg(F.count(F.lit(1)).alias("rows"), F.count("error").alias("errors")).first()
-    requests.unpersist()
     return BatchSummary(
         rows=counts["rows"],
         answered=counts["rows"] - counts["errors"],
         errors=counts["errors"],
         seconds=seconds,
         output=output_path,
-    )
-
-
-def _malformed_result():
-    """The result of a JSON line Spark could not parse into the request schema."""
-    from pyspark.sql import functions as F
-
-    message = F.concat(
-        F.lit("malformed JSON or a field of the wrong type: "), F.substring(F.col(CORRUPT_COLUMN), 1, ERROR_TEXT_LIMIT)
-    )
-    return F.struct(
-        F.lit(None).cast("string").alias("answer"),
-        F.lit(None).cast("string").alias("finish_reason"),
-        F.lit(None).cast("struct<prompt_tokens: long, completion_tokens: long, total_tokens: long>").alias("usage"),
-        message.alias("error"),
     )
 
 
