@@ -8,7 +8,8 @@ from typing import Any
 
 import mlflow
 from mlflow.models import ModelSignature
-from mlflow.types.schema import AnyType, Array, ColSpec, ParamSchema, ParamSpec, Schema
+from mlflow.types.llm import CHAT_MODEL_OUTPUT_SCHEMA
+from mlflow.types.schema import AnyType, ColSpec, Object, ParamSchema, ParamSpec, Property, Schema
 
 from slmflow.config import GenerationConfig, RuntimeConfig, SourceConfig
 from slmflow.onnx_chat import ONNX_ARTIFACT
@@ -51,22 +52,24 @@ PARAM_TYPES = {
 
 def onnx_chat_signature() -> ModelSignature:
     """Every request field as a column of any type, so the request model checks it and names it (MLflow's
-    schema errors quote the whole input), and unsupported OpenAI fields reach it to be refused."""
-    columns = ("prompt", *SAMPLING_FIELDS, "max_completion_tokens", *UNSUPPORTED_FIELDS)
+    schema errors quote the whole input), and unsupported OpenAI fields reach it to be refused. A missing
+    value in a row is NaN, which only a column of any type lets through."""
+    columns = ("messages", "prompt", *SAMPLING_FIELDS, "max_completion_tokens", *UNSUPPORTED_FIELDS)
     inputs = Schema(
         [
-            # An array column makes MLflow read a chat body as one row.
-            ColSpec(Array(AnyType()), "messages", required=False),
             *(ColSpec(AnyType(), name, required=False) for name in columns),
+            # MLflow reads a JSON chat body as one row only when the schema has an object or array column.
+            ColSpec(Object([Property("include_usage", "boolean", required=False)]), "stream_options", required=False),
         ]
     )
     params = ParamSchema(
         [
             *(ParamSpec(name, dtype, None) for name, dtype in PARAM_TYPES.items()),
-            ParamSpec("stop", "string", None, shape=(-1,)),
+            ParamSpec("stop", "string", [], shape=(-1,)),
         ]
     )
-    return ModelSignature(inputs=inputs, params=params)
+    # Outputs: an OpenAI chat.completion, the schema MLflow gives the transformers flavor's llm/v1/chat task.
+    return ModelSignature(inputs=inputs, outputs=CHAT_MODEL_OUTPUT_SCHEMA, params=params)
 
 
 def generation_model_config(generation: GenerationConfig, runtime: RuntimeConfig) -> dict[str, Any]:

@@ -102,6 +102,34 @@ def onnx_pyfunc(logged_models):
     return mlflow.pyfunc.load_model(logged_models["onnx-chat"])
 
 
+@pytest.fixture(scope="session")
+def tracking_server(tmp_path_factory):
+    """One PostgreSQL and one `mlflow server` (basic-auth, proxied artifacts) for the session.
+
+    Tests that need isolation use their own experiment or registered model name on it. The
+    credentials go to child processes through the environment, as a scheduled job's would.
+    """
+    from tests.tracking_server import Postgres, TrackingServer
+
+    folder = tmp_path_factory.mktemp("tracking-server")
+    postgres = Postgres.start(free_port())
+    try:
+        server = TrackingServer.start(
+            folder / "server",
+            backend_uri=postgres.create_database("mlflow"),
+            auth_uri=postgres.create_database("mlflow_auth"),
+            port=free_port(),
+            password=os.urandom(12).hex(),
+        )
+    except BaseException:
+        postgres.stop()
+        raise
+    os.environ.update(server.credentials)
+    yield server
+    server.stop()
+    postgres.stop()
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
