@@ -1,6 +1,7 @@
 """Run every benchmark: `python -m benchmarks`."""
 
-from benchmarks import onnx_chat_speed, pipeline_rerun
+from benchmarks import batch_score, onnx_chat_speed, pipeline_rerun
 
 onnx_chat_speed.main()
 pipeline_rerun.main()
+batch_score.main()
