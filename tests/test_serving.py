@@ -274,7 +274,7 @@ FIELDS = ["messages", "prompt", *SAMPLING_FIELDS, *UNSUPPORTED_FIELDS]
 
 
 @settings(
-    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
 )
 @given(fields=st.dictionaries(st.sampled_from(FIELDS), JSON, max_size=3))
 def test_any_json_in_any_field_is_answered_or_refused_naming_a_field(base, fields):
