@@ -1,6 +1,7 @@
 """Run every benchmark: `python -m benchmarks`."""
 
-from benchmarks import onnx_chat_speed, pipeline_rerun
+from benchmarks import onnx_chat_speed, pipeline_rerun, serving
 
 onnx_chat_speed.main()
 pipeline_rerun.main()
+serving.main()
