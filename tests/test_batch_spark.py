@@ -11,7 +11,7 @@ import pytest
 
 from slmflow.batch.spark import BatchInputError, generation_defaults, score
 from slmflow.builtin import QUESTION_TEMPLATES, capital_pairs
-from slmflow.evaluation import contains_answer
+from slmflow.evaluation.metrics import contains_answer
 from tests.conftest import PROJECT_DIR, mlflow_cli, run_command
 
 

@@ -182,6 +182,26 @@ def _drain(ticket) -> list:
     return events
 
 
+def test_a_burst_arriving_at_an_idle_batcher_starts_as_one_batch(onnx_engine):
+    batches: list[int] = []
+
+    async def scenario():
+        batcher = Batcher(onnx_engine, max_batch_size=8, max_queue=8, on_batch=batches.append, gather_seconds=0.5)
+        try:
+            first = batcher.submit(chat("Spain"), stream=False)
+            await asyncio.sleep(0.05)  # well within the pause that ends a burst
+            rest = [batcher.submit(chat(country), stream=False) for country in ("Peru", "Japan", "Kenya")]
+            return await asyncio.gather(*(collect(ticket) for ticket in [first, *rest]))
+        finally:
+            batcher.close()
+
+    results = asyncio.run(scenario())
+    assert [events[-1].completion.text for events in results] == [
+        f"The capital of {c} is {CAPITALS[c]}." for c in ("Spain", "Peru", "Japan", "Kenya")
+    ]
+    assert batches == [4]
+
+
 def test_seeded_sampling_is_repeatable_whatever_arrives_with_it(onnx_engine):
     batches: list[int] = []
     seeded = chat("Japan", temperature=1.5, seed=7, max_tokens=24)

@@ -118,6 +118,7 @@ class Batcher:
         max_queue: int,
         on_batch: Callable[[int], None] = lambda size: None,
         on_cancel: Callable[[], None] = lambda: None,
+        gather_seconds: float = 0.001,
     ) -> None:
         if max_batch_size < 1 or max_queue < 1:
             raise ValueError("max_batch_size and max_queue must be >= 1")
@@ -126,6 +127,7 @@ class Batcher:
         self.max_queue = max_queue
         self._on_batch = on_batch
         self._on_cancel = on_cancel
+        self.gather_seconds = gather_seconds
         self._waiting: list[Ticket] = []
         self._lock = threading.Condition()
         self._stopped = False
@@ -161,8 +163,11 @@ class Batcher:
     def _run(self) -> None:
         while True:
             with self._lock:
+                idle = not self._waiting
                 while not self._waiting and not self._stopped:
                     self._lock.wait()
+                if idle:
+                    self._gather()
                 if self._stopped:
                     waiting, self._waiting = self._waiting, []
                     break
@@ -172,6 +177,19 @@ class Batcher:
                 self._generate(batch)
         for ticket in waiting:
             ticket._send(Failed(BatcherStoppedError("the server is shutting down")))
+
+    def _gather(self) -> None:
+        """Coming out of idle, let a burst of requests arrive before starting: wait while they keep
+        coming (a pause of `gather_seconds` ends it, and so does a full batch or ten pauses in all).
+        Without this, the first of many simultaneous requests would start alone and the others wait
+        for its whole answer. Called with the lock held."""
+        deadline = time.monotonic() + 10 * self.gather_seconds
+        seen = len(self._waiting)
+        while seen < self.max_batch_size and not self._stopped and time.monotonic() < deadline:
+            self._lock.wait(self.gather_seconds)
+            if len(self._waiting) == seen:
+                return
+            seen = len(self._waiting)
 
     def _admit(self) -> None:
         """Validate and tokenize the requests that arrived: a bad one fails now, not after the batch."""
