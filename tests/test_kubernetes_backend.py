@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import tarfile
 from pathlib import Path
 from unittest import mock
@@ -25,6 +26,7 @@ from steps.batch_score import parse_arguments
 from tests.conftest import PROJECT_DIR
 
 K8S_DIR = PROJECT_DIR / "deploy" / "kubernetes"
+BENCHMARK_RESULTS = PROJECT_DIR / "benchmarks" / "results" / "batch_score.json"
 TRACKING_URI = "https://mlflow.example.com"
 IMAGE_DIGEST = "sha256:" + "ab" * 32
 
@@ -108,6 +110,10 @@ def test_the_job_runs_the_entry_point_with_tracking_credentials_from_the_secret(
     resources = template["spec"]["template"]["spec"]["containers"][0]["resources"]
     assert container["resources"] == resources
     assert resources["requests"]["memory"] == resources["limits"]["memory"]
+    # Sized from measurement: the Spark JVM and a model copy in each of local[2]'s Python workers fit.
+    measured = {row["model"]: row for row in json.loads(BENCHMARK_RESULTS.read_text())}["bench-phi3-100m"]
+    needed_mb = measured["spark_jvm_peak_rss_mb"] + 2 * max(measured["spark_python_worker_peak_rss_mb"])
+    assert resources["requests"]["memory"].endswith("Mi") and int(resources["requests"]["memory"][:-2]) > needed_mb
 
 
 def test_the_image_is_the_base_image_plus_this_commit_of_the_project(submitted_job):

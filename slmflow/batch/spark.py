@@ -98,14 +98,15 @@ def read_requests(spark, path: str):
         lines = spark.read.text(path).withColumnRenamed("value", REQUEST_COLUMN)
         lines = lines.filter(F.trim(F.col(REQUEST_COLUMN)) != "")
         return lines.withColumn(ID_COLUMN, F.get_json_object(REQUEST_COLUMN, f"$.{ID_COLUMN}"))
-    if lowered.endswith(".parquet") or Path(path).is_dir():
+    if lowered.endswith(".parquet") or "://" in path or Path(path).is_dir():  # a remote folder is Parquet too
         frame = spark.read.parquet(path)
         fields = [name for name in REQUEST_FIELDS if name in frame.columns]
         if not {"messages", "prompt"} & set(fields):
             raise BatchInputError(f"input {path} has no 'messages' column (columns: {', '.join(frame.columns)})")
         return frame.withColumn(REQUEST_COLUMN, F.to_json(F.struct(*fields))).drop(*fields)
     raise BatchInputError(
-        f"input {path}: expected JSON Lines ({', '.join(JSON_SUFFIXES)}) or Parquet (.parquet or a folder)"
+        f"input {path}: expected JSON Lines ({', '.join(JSON_SUFFIXES)}) or Parquet (.parquet or a folder); "
+        "no such folder here"
     )
 
 
