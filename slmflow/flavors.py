@@ -38,7 +38,8 @@ def pinned_requirements(*names: str) -> list[str]:
     return [pins[name.lower()] for name in names]
 
 
-# Request fields MLflow type-checks itself when they come as params (or at the top level of a chat body).
+# Request fields MLflow type-checks itself when they come as params (or at the top level of a chat body);
+# MLflow drops params it has no spec for, so the scalar unsupported fields are declared too, to be refused.
 PARAM_TYPES = {
     "max_tokens": "long",
     "max_completion_tokens": "long",
@@ -47,6 +48,12 @@ PARAM_TYPES = {
     "top_k": "long",
     "seed": "long",
     "min_tokens": "long",
+    "n": "long",
+    "stream": "boolean",
+    "logprobs": "boolean",
+    "top_logprobs": "long",
+    "presence_penalty": "double",
+    "frequency_penalty": "double",
 }
 
 

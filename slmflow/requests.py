@@ -260,6 +260,7 @@ def parse_messages(messages: Any, where: str = "") -> tuple[dict[str, str], ...]
 
 def _content_text(content: Any, where: str, param: str) -> str:
     label = f"{_at(where)}{param}"
+    content = _plain(content)
     if content is None:
         raise BadRequestError(f"{label}: missing", param)
     if isinstance(content, list):  # OpenAI content parts: only text parts can be read by this model
@@ -326,14 +327,19 @@ def parse_requests(
     refuse_unsupported(params, "params")
     base = _settings(defaults, params, where="params")
     requests = [_parse_row(row, base, index) for index, row in enumerate(rows)]
+    _check_characters(requests, limits)
+    return requests
+
+
+def _check_characters(requests: Sequence[ChatRequest], limits: RequestLimits) -> None:
     characters = sum(request.text_length() for request in requests)
     if characters > limits.max_request_chars:
         raise BadRequestError(
-            f"the request holds {characters} characters of text, more than the limit of {limits.max_request_chars}",
+            f"the request's 'messages' and 'prompt' hold {characters} characters, more than the limit of "
+            f"{limits.max_request_chars}",
             param="messages",
             code="request_too_large",
         )
-    return requests
 
 
 def _rows(model_input: Any) -> list[Any]:
@@ -381,7 +387,9 @@ class ChatCompletionRequest(_Strict):
     include_usage: bool = False
 
 
-def parse_chat_completion(body: Any, defaults: SamplingSettings = DEFAULT_SETTINGS) -> ChatCompletionRequest:
+def parse_chat_completion(
+    body: Any, defaults: SamplingSettings = DEFAULT_SETTINGS, limits: RequestLimits | None = None
+) -> ChatCompletionRequest:
     """An OpenAI chat completions JSON body, validated; raises BadRequestError naming the field."""
     if not isinstance(body, Mapping):
         raise BadRequestError(f"the request body must be a JSON object, got {type(body).__name__}")
@@ -400,6 +408,7 @@ def parse_chat_completion(body: Any, defaults: SamplingSettings = DEFAULT_SETTIN
     if model is not None and not isinstance(model, str):
         raise BadRequestError(f"'model' must be a string, got {quote(model)}", "model")
     request = ChatRequest(settings=_settings(defaults, body, ""), messages=parse_messages(body["messages"]))
+    _check_characters([request], limits or RequestLimits())
     return ChatCompletionRequest(request=request, model=model, stream=bool(stream), include_usage=include_usage)
 
 

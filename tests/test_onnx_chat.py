@@ -306,6 +306,8 @@ def test_unsupported_fields_reach_the_model_and_are_refused(onnx_pyfunc, field, 
     with pytest.raises(MlflowException, match=f"'{field}' is not supported") as raised:
         onnx_pyfunc.predict({"messages": [user("hi")], field: value})
     assert raised.value.error_code == "INVALID_PARAMETER_VALUE"
+    with pytest.raises(MlflowException, match=f"params: '{field}' is not supported"):
+        onnx_pyfunc.predict({"messages": [user("hi")]}, params={field: value})
 
 
 def test_a_batch_of_one_has_the_shape_of_a_batch_of_many(onnx_pyfunc):
@@ -321,6 +323,13 @@ def test_a_request_past_its_deadline_stops_and_frees_the_model(onnx_engine):
     with pytest.raises(DeadlineExceededError, match="deadline of 0.05 s"):
         onnx_engine.generate(slow, RequestLimits(timeout_seconds=0.05))
     assert onnx_engine.generate([chat("Peru")])[0].text == "The capital of Peru is Lima."
+
+
+def test_the_pyfunc_answers_a_request_past_its_deadline_with_deadline_exceeded(onnx_pyfunc, monkeypatch):
+    monkeypatch.setattr(onnx_pyfunc.unwrap_python_model(), "limits", RequestLimits(timeout_seconds=0.05))
+    with pytest.raises(MlflowException, match="deadline") as raised:
+        onnx_pyfunc.predict({"messages": [user("hi")], "max_tokens": 400, "min_tokens": 400})
+    assert raised.value.error_code == "DEADLINE_EXCEEDED" and raised.value.get_http_status_code() == 504
 
 
 def test_rows_times_tokens_is_capped_before_generating(onnx_engine):

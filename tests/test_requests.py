@@ -3,6 +3,7 @@
 import json
 import re
 
+import numpy as np
 import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -69,10 +70,12 @@ def test_max_completion_tokens_is_max_tokens():
     assert row.settings.max_tokens == 9 and row.settings.max_tokens_explicit
 
 
-def test_content_may_be_a_list_of_text_parts():
+def test_content_may_be_a_list_of_text_parts_even_as_arrays_from_spark():
     parts = [{"type": "text", "text": "What is the capital "}, {"type": "text", "text": "of Spain?"}]
     [row] = parse_requests({"messages": [{"role": "user", "content": parts}]}, None, DEFAULTS)
     assert row.messages == tuple(USER)
+    arrays = pd.DataFrame({"messages": [np.array([{"role": "user", "content": np.array(parts)}])]})
+    assert parse_requests(arrays, None, DEFAULTS)[0].messages == tuple(USER)
 
 
 @pytest.mark.parametrize(
@@ -222,11 +225,12 @@ def test_chat_completion_body_with_stream_and_usage():
         ({"messages": USER, "stream_options": {"include_usage": 1}}, "stream_options.include_usage"),
         ({"messages": USER, "colour": "red"}, "colour"),
         ({"messages": USER, "seed": 2**40}, "seed"),
+        ({"messages": [{"role": "user", "content": "x" * 101}]}, "messages"),
     ],
 )
 def test_bad_chat_completion_bodies_name_the_field(body, param):
     with pytest.raises(BadRequestError) as raised:
-        parse_chat_completion(body, DEFAULTS)
+        parse_chat_completion(body, DEFAULTS, RequestLimits(max_request_chars=100))
     assert raised.value.param == param
 
 
