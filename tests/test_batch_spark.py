@@ -98,6 +98,8 @@ def test_an_input_that_cannot_be_scored_is_refused_before_scoring(spark, logged_
     with pytest.raises(BatchInputError, match="expected JSON Lines"):
         score(spark, logged_models["onnx-chat"], str(tmp_path / "requests.csv"), str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
+    with pytest.raises(BatchInputError, match="already exists"):
+        score(spark, logged_models["onnx-chat"], str(source), str(tmp_path))
 
 
 def test_generation_defaults_go_through_the_request_model():

@@ -135,6 +135,8 @@ def score(
 
     if batch_size < 1:
         raise BatchInputError(f"batch_size must be >= 1, got {batch_size}")
+    if "://" not in output_path and Path(output_path).exists():
+        raise BatchInputError(f"output {output_path} already exists: give a new folder (nothing is overwritten)")
     requests = read_requests(spark, input_path).withColumn(INPUT_ROW_COLUMN, F.monotonically_increasing_id())
     # One partition per core: each Python worker loads the model once and scores its share.
     requests = requests.repartition(spark.sparkContext.defaultParallelism)
