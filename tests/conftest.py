@@ -198,3 +198,16 @@ def launched_server(command: list[str], ready_url: str, log_path: Path, timeout:
             with contextlib.suppress(ProcessLookupError):  # whatever the group still holds
                 os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """One local Spark session (2 cores, small memory) for every Spark test; stopped at the end."""
+    from slmflow.batch.spark import spark_session
+
+    session = spark_session(
+        "local[2]",
+        **{"spark.driver.memory": "1g", "spark.ui.enabled": "false", "spark.sql.shuffle.partitions": "2"},
+    )
+    yield session
+    session.stop()
