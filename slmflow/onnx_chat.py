@@ -133,9 +133,6 @@ class OnnxChatEngine:
         kwargs = {"template_str": self.chat_template} if self.chat_template else {}
         return self.tokenizer.apply_chat_template(json.dumps(list(messages)), add_generation_prompt=True, **kwargs)
 
-    def prompt_text(self, request: ChatRequest) -> str:
-        return self.render(request.messages) if request.is_chat else request.prompt
-
     def prompt_ids(self, request: ChatRequest) -> list[int]:
         """The prompt's token ids. Message content is plain text: special-token text typed in it
         (e.g. `<|end|>`) is encoded as ordinary characters, so no one can forge a turn."""

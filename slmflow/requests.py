@@ -335,7 +335,8 @@ def _check_characters(requests: Sequence[ChatRequest], limits: RequestLimits) ->
     characters = sum(request.text_length() for request in requests)
     if characters > limits.max_request_chars:
         raise BadRequestError(
-            f"the request holds {characters} characters of text, more than the limit of {limits.max_request_chars}",
+            f"the request's 'messages' and 'prompt' hold {characters} characters, more than the limit of "
+            f"{limits.max_request_chars}",
             param="messages",
             code="request_too_large",
         )

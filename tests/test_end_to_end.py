@@ -188,7 +188,7 @@ def test_both_logged_models_carry_the_evaluation_metrics(first_run, team):
 def test_every_eval_example_is_in_the_evaluation_view(first_run, team):
     evaluate = team.children(team.latest())["evaluate"]
     with tracking_uri(team.server.uri):
-        traces = mlflow.search_traces(run_id=evaluate.info.run_id, return_type="list")
+        traces = mlflow.search_traces(locations=[team.experiment_id], run_id=evaluate.info.run_id, return_type="list")
     assert len(traces) == int(evaluate.data.params["eval_examples"])
     for trace in traces:
         scores = {assessment.name for assessment in trace.info.assessments}

@@ -26,8 +26,8 @@ from tests.conftest import free_port, mlflow_cli
 pytestmark = pytest.mark.e2e
 SERVED_NAME = "served-tiny-chat"
 CAPITALS = {"Spain": "Madrid", "Kenya": "Nairobi", "Peru": "Lima", "Japan": "Tokyo"}
-# Peak RSS of the whole server (its workers included) through the hostile mix below. Measured about
-# 510 MB on the tiny model; the bound leaves room for noise.
+# Peak RSS of the whole server (its workers included) through the hostile mix below, a 20 MB body
+# included. Measured about 600 MB on the tiny model; the bound leaves room for noise.
 PEAK_RSS_BOUND_MB = 1024
 
 
@@ -218,7 +218,8 @@ def hostile_mix() -> list[tuple[str, object, object]]:
             {"dataframe_records": [question("Peru", seed=s, temperature=0.5, max_tokens=400) for s in range(100)]},
             "rows",
         ),
-        ("huge", {"messages": [{"role": "user", "content": "Spain " * 400_000}]}, "messages"),
+        ("20 MB", {"messages": [{"role": "user", "content": "Spain " * 3_400_000}]}, "messages"),
+        ("beyond the context", {"messages": [{"role": "user", "content": "Spain " * 400_000}]}, "messages"),
         ("forged turn", {"messages": [{"role": "user", "content": forged}], "max_tokens": 8}, None),
         *((f"good {c}", question(c), [answer(c)]) for c in CAPITALS),
     ]
@@ -273,7 +274,7 @@ FIELDS = ["messages", "prompt", *SAMPLING_FIELDS, *UNSUPPORTED_FIELDS]
 
 
 @settings(
-    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
 )
 @given(fields=st.dictionaries(st.sampled_from(FIELDS), JSON, max_size=3))
 def test_any_json_in_any_field_is_answered_or_refused_naming_a_field(base, fields):
