@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.tracking import MlflowClient
 
 from slmflow.config import Gates, PipelineConfig, RegistryConfig, SelectionRule
@@ -189,10 +189,11 @@ class Registrar:
     def _describe_registered_model(self) -> None:
         """The registered model's description (what it is, what its aliases mean) and its tags."""
         name = self.config.model_name
-        try:
-            self.client.get_registered_model(name)
-        except MlflowException:
+        try:  # a concurrent run may create it between a look-up and a create: creating first cannot race
             self.client.create_registered_model(name)
+        except MlflowException as error:
+            if error.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+                raise
         self.client.update_registered_model(name, description=registered_model_description(name))
         for key, value in {
             "task": "llm/v1/chat",
