@@ -1,7 +1,8 @@
-"""Building into the model cache so that readers never see a half-built folder."""
+"""The local model cache: atomic builds (readers never see a half-built folder) and content digests."""
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -29,3 +30,11 @@ def build_once(target: Path, marker: str, build: Callable[[Path], None]) -> Path
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -16,6 +16,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from slmflow.cache import sha256_file
 from slmflow.errors import ConfigError
 
 BUILTIN_PREFIX = "builtin:"
@@ -48,6 +49,8 @@ class SourceConfig(_Section):
 
     model: str
     revision: str | None = None
+    # Opt-in for scheduled jobs: follow a hub branch, resolved to its commit before any cache lookup.
+    branch: str | None = Field(None, min_length=1)
     allow_patterns: tuple[str, ...] = (
         "*.json",
         "*.safetensors",
@@ -78,15 +81,25 @@ class SourceConfig(_Section):
 
     @model_validator(mode="after")
     def _hub_needs_a_pinned_revision(self) -> SourceConfig:
-        if self.kind == "hub" and not self.revision:
-            raise ValueError(f"source.revision: hub model '{self.model}' must be pinned to a revision")
-        if self.kind == "hub" and not re.fullmatch(r"[0-9a-f]{40}", self.revision):
-            raise ValueError(
-                f"source.revision: '{self.revision}' is not pinned: give the 40-hex commit sha, not a branch or tag"
-            )
-        if self.kind == "hub" and "/" not in self.model:
+        if self.kind != "hub":
+            if self.branch:
+                raise ValueError(f"source.branch: only hub repos follow a branch, not '{self.model}'")
+            return self
+        if "/" not in self.model:
             raise ValueError(
                 f"source.model: '{self.model}' is neither 'builtin:NAME', 'local:PATH' nor a hub repo id 'org/name'"
+            )
+        if self.branch and self.revision:
+            raise ValueError("source.branch: give either a pinned revision or a branch to follow, not both")
+        if self.branch:
+            return self
+        if not self.revision:
+            raise ValueError(
+                f"source.revision: hub model '{self.model}' must be pinned to a revision (or set source.branch)"
+            )
+        if not re.fullmatch(r"[0-9a-f]{40}", self.revision):
+            raise ValueError(
+                f"source.revision: '{self.revision}' is not pinned: give the 40-hex commit sha, not a branch or tag"
             )
         return self
 
@@ -148,12 +161,31 @@ class PipelineConfig(_Section):
     registry: RegistryConfig
 
     def section_hash(self, *sections: str) -> str:
-        """A stable hash of some sections, so a step is redone only when what it reads changed."""
-        payload = {name: getattr(self, name).model_dump(mode="json") for name in sections}
+        """A stable hash of some sections (or dotted fields such as `source.trust_remote_code`).
+
+        It is the same from any checkout on any machine: the eval set counts by its digest and a
+        local source without its path (its content is the fetched revision, keyed separately).
+        """
+        payload = {name: self._portable(name) for name in sections}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
     def config_hash(self) -> str:
         return self.section_hash(*type(self).model_fields)
+
+    def _portable(self, dotted: str):
+        section, _, field = dotted.partition(".")
+        data = getattr(self, section).model_dump(mode="json")
+        if section == "evaluation":
+            data["eval_set"] = "sha256:" + eval_set_digest(self.evaluation.eval_set)
+        if section == "source" and self.source.kind == "local":
+            data["model"] = LOCAL_PREFIX
+        return data[field] if field else data
+
+
+def eval_set_digest(path: Path) -> str:
+    if not path.is_file():
+        raise ConfigError(f"evaluation.eval_set: file not found: {path}")
+    return sha256_file(path)
 
 
 def load_config(path: str | os.PathLike[str]) -> PipelineConfig:

@@ -27,3 +27,7 @@ class GateFailedError(PipelineError):
 
 class StepFailedError(PipelineError):
     """A child step of the pipeline failed."""
+
+
+class RegistryError(PipelineError):
+    """The model registry could not answer (server down, refused, misconfigured): never read as "none"."""

@@ -7,15 +7,17 @@ from dataclasses import dataclass
 
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.tracking import MlflowClient
 
-from slmflow.config import Gates, RegistryConfig, SelectionRule
-from slmflow.errors import GateFailedError
+from slmflow.config import Gates, PipelineConfig, RegistryConfig, SelectionRule
+from slmflow.errors import GateFailedError, RegistryError
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 METRIC_TAG_PREFIX = "metric."
-# Together these identify what was registered: the same three again means nothing new to register.
-IDENTITY_TAGS = ("source_revision", "config_hash", "git_commit")
+# Together these identify what was registered, the same from any checkout or machine: the source's
+# content, the config's content and the pipeline's code and pins. The same three again means nothing new.
+IDENTITY_TAGS = ("source_revision", "config_hash", "code_hash")
 
 Metrics = Mapping[str, float]
 
@@ -78,10 +80,16 @@ class Registrar:
         self.client = client or MlflowClient()
 
     def champion(self) -> ModelVersion | None:
+        """The champion, or None when the model or the alias does not exist; any other failure is raised."""
+        name = self.config.model_name
         try:
-            return self.client.get_model_version_by_alias(self.config.model_name, CHAMPION)
-        except MlflowException:
-            return None
+            model = self.client.get_registered_model(name)
+            version = model.aliases.get(CHAMPION)
+            return None if version is None else self.client.get_model_version(name, str(version))
+        except MlflowException as error:
+            if error.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+                return None
+            raise _registry_error(f"cannot read the champion of '{name}'", error) from error
 
     @staticmethod
     def recorded_metrics(version: ModelVersion) -> dict[str, float]:
@@ -93,14 +101,20 @@ class Registrar:
 
     def find_registered(self, identity: Mapping[str, str]) -> ModelVersion | None:
         """The version already registered from the same source revision, config and code, if any."""
+        same = self._versions_with(identity)
+        return same[0] if same else None
+
+    def _versions_with(self, identity: Mapping[str, str]) -> list[ModelVersion]:
+        """Every version of that identity, oldest first."""
+        name = self.config.model_name
         try:
-            versions = self.client.search_model_versions(f"name = '{self.config.model_name}'")
-        except MlflowException:
-            return None
-        for version in versions:
-            if all(version.tags.get(key) == identity[key] for key in IDENTITY_TAGS):
-                return version
-        return None
+            versions = self.client.search_model_versions(f"name = '{name}'")
+        except MlflowException as error:
+            if error.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+                return []
+            raise _registry_error(f"cannot list the versions of '{name}'", error) from error
+        same = [v for v in versions if all(v.tags.get(key) == identity[key] for key in IDENTITY_TAGS)]
+        return sorted(same, key=lambda v: int(v.version))
 
     def register(
         self, candidate: Candidate, identity: Mapping[str, str], tags: Mapping[str, str], description: str
@@ -116,6 +130,11 @@ class Registrar:
         if failures and not self.config.register_on_gate_failure:
             raise GateFailedError(self._refusal(candidate, failures, None, champion))
         version = self._create_version(candidate, identity, tags, description, failures)
+        first = self._versions_with(identity)[0]
+        if first.version != version.version:
+            # A concurrent run registered the same identity first: keep its version, withdraw ours.
+            self.client.delete_model_version(self.config.model_name, version.version)
+            return RegistrationResult(first, created=False, promoted=False)
         if failures:
             raise GateFailedError(self._refusal(candidate, failures, version, champion))
         self.client.set_registered_model_alias(self.config.model_name, CHALLENGER, version.version)
@@ -147,6 +166,39 @@ class Registrar:
             f"candidate {candidate.flavor} ({candidate.model_uri}) failed the gates of "
             f"'{self.config.model_name}': {'; '.join(failures)}. {parked}{kept}"
         )
+
+
+def _registry_error(what: str, error: MlflowException) -> RegistryError:
+    return RegistryError(f"{what}: {error.error_code}: {error.message}")
+
+
+def registration_identity(config: PipelineConfig, source_revision: str, code_hash: str) -> dict[str, str]:
+    return {"source_revision": source_revision, "config_hash": config.config_hash(), "code_hash": code_hash}
+
+
+def registration_tags(config: PipelineConfig, candidate: Candidate, evaluate_run_id: str, git_commit: str) -> dict:
+    """Lineage that is not identity: the same model registered from another commit is not new."""
+    return {
+        "source": _source_label(config),
+        "evaluate_run_id": evaluate_run_id,
+        "model_uri": candidate.model_uri,
+        "git_commit": git_commit,
+    }
+
+
+def registration_description(
+    config: PipelineConfig, candidate: Candidate, source_revision: str, evaluate_run_id: str
+) -> str:
+    return (
+        f"{candidate.flavor} chat model from {_source_label(config)} at revision {source_revision}; "
+        f"accuracy {candidate.metrics['accuracy']:.3f}, {candidate.metrics['tokens_per_second']:.1f} tokens/s "
+        f"on {config.evaluation.eval_set.name} (evaluate run {evaluate_run_id})."
+    )
+
+
+def _source_label(config: PipelineConfig) -> str:
+    """The source without a machine's path: a local folder is known by its revision (a digest)."""
+    return "local folder" if config.source.kind == "local" else config.source.model
 
 
 def candidates_from_evaluation(run) -> dict[str, Candidate]:

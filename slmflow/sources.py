@@ -1,4 +1,4 @@
-"""Fetching a model from its source: a builtin recipe, a local folder, or a hub repo at a pinned revision.
+"""Fetching a model from its source: a builtin recipe, a local folder, or a hub repo at a commit.
 
 Every source ends as two folders, a Hugging Face checkpoint (for transformers) and an ONNX GenAI
 model (for onnxruntime-genai), plus a manifest of what was fetched so a run records it exactly.
@@ -8,17 +8,23 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from slmflow.builtin import builtin_spec, ensure_builtin_model, spec_fingerprint
+from slmflow.cache import build_once, sha256_file
 from slmflow.config import BuilderOptions, Settings, SourceConfig
 from slmflow.errors import SourceError
 from slmflow.onnx_build import build_onnx
 
 # huggingface_hub.snapshot_download's signature; tests pass a fake with the same one.
 SnapshotDownloader = Callable[..., str]
+# (repo, branch, token) -> the commit sha the branch points at; tests pass a fake hub.
+CommitResolver = Callable[[str, str, str | None], str]
+HUB_PREFIX = "hub:"
 
 
 @dataclass
@@ -30,27 +36,70 @@ class FetchedModel:
     onnx_origin: str
     files: dict[str, str] = field(default_factory=dict)
 
+    def content(self, part: str) -> str:
+        """Digest of the fetched `checkpoint` or `onnx` files."""
+        prefix = part + "/"
+        return _digest_of({k[len(prefix) :]: v for k, v in self.files.items() if k.startswith(prefix)})
+
     def manifest(self) -> dict:
         data = asdict(self)
         data["checkpoint_dir"], data["onnx_dir"] = str(self.checkpoint_dir), str(self.onnx_dir)
         return data
 
 
-def fetch_model(
-    source: SourceConfig, settings: Settings, snapshot_download: SnapshotDownloader | None = None
-) -> FetchedModel:
+def resolve_revision(
+    source: SourceConfig, settings: Settings, resolve_commit: CommitResolver | None = None
+) -> str:
+    """What the source is, without fetching it: a builtin's recipe, a local folder's digest, a hub commit.
+
+    A followed hub branch is resolved to the commit it points at now, so a cache keyed on the
+    revision redoes nothing while upstream has not moved.
+    """
     if source.kind == "builtin":
-        spec = builtin_spec(source.name)
+        return spec_fingerprint(builtin_spec(source.name))
+    if source.kind == "local":
+        return tree_digest(_local_checkpoint(source))
+    if source.branch is None:
+        return source.revision
+    resolve_commit = resolve_commit or _hub_commit
+    try:
+        commit = resolve_commit(source.name, source.branch, settings.hf_token)
+    except Exception as error:  # the hub client raises many types; all mean "not resolved"
+        raise SourceError(
+            f"cannot resolve branch '{source.branch}' of hub repo '{source.name}': {type(error).__name__}: {error}"
+        ) from error
+    if not re.fullmatch(r"[0-9a-f]{40}", commit or ""):
+        raise SourceError(f"branch '{source.branch}' of hub repo '{source.name}' resolved to '{commit}', not a commit")
+    return commit
+
+
+def _hub_commit(repo: str, branch: str, token: str | None) -> str:
+    from huggingface_hub import HfApi
+
+    return HfApi().model_info(repo, revision=branch, token=token).sha
+
+
+def fetch_model(
+    source: SourceConfig,
+    settings: Settings,
+    revision: str | None = None,
+    snapshot_download: SnapshotDownloader | None = None,
+    resolve_commit: CommitResolver | None = None,
+) -> FetchedModel:
+    """Fetch the source at `revision` (what `main` resolved; resolved here when None)."""
+    resolved = resolve_revision(source, settings, resolve_commit) if revision is None else revision
+    if source.kind == "builtin":
         checkpoint = ensure_builtin_model(source.name, settings.cache_dir)
-        revision = spec_fingerprint(spec)
     elif source.kind == "local":
-        checkpoint = Path(source.name)
-        if not (checkpoint / "config.json").is_file():
-            raise SourceError(f"local model folder {checkpoint} does not exist or has no config.json")
-        revision = _tree_digest(checkpoint)
+        checkpoint = _local_checkpoint(source)
     else:
-        checkpoint = _download(source.name, source.revision, list(source.allow_patterns), settings, snapshot_download)
-        revision = checkpoint.name  # snapshot folders are named after the resolved commit sha
+        checkpoint = _download(source.name, resolved, list(source.allow_patterns), settings, snapshot_download)
+    checkpoint_files = file_digests(checkpoint)
+    if source.kind == "local" and _digest_of(checkpoint_files) != resolved:
+        raise SourceError(
+            f"local model folder {checkpoint} changed since its revision {resolved} was resolved "
+            "(rewritten during the run?): run the pipeline again"
+        )
 
     if source.onnx is not None:
         variant = source.onnx
@@ -66,20 +115,89 @@ def fetch_model(
         if not (onnx_dir / "genai_config.json").is_file():
             raise SourceError(f"ONNX variant {variant.repo}/{variant.subfolder} has no genai_config.json")
     else:
-        target = settings.cache_dir / "onnx" / f"{_slug(source)}-{revision[:16]}-{_options_digest(source.builder)}"
+        # Keyed by the checkpoint's content: the same weights from any source or path build once.
+        content = _digest_of(checkpoint_files)[:24]
+        target = settings.cache_dir / "onnx" / f"{content}-{_options_digest(source.builder)}"
         onnx_dir = build_onnx(checkpoint, target, source.builder)
         onnx_origin = f"builder:{source.builder.precision}"
 
-    files = {f"checkpoint/{k}": v for k, v in file_digests(checkpoint).items()}
+    files = {f"checkpoint/{k}": v for k, v in checkpoint_files.items()}
     files.update({f"onnx/{k}": v for k, v in file_digests(onnx_dir).items()})
     return FetchedModel(
         source=source.model,
-        revision=revision,
+        revision=resolved,
         checkpoint_dir=checkpoint,
         onnx_dir=onnx_dir,
         onnx_origin=onnx_origin,
         files=files,
     )
+
+
+def _local_checkpoint(source: SourceConfig) -> Path:
+    checkpoint = Path(source.name)
+    if not (checkpoint / "config.json").is_file():
+        raise SourceError(f"local model folder {checkpoint} does not exist or has no config.json")
+    return checkpoint
+
+
+def hub_reference(repo: str, commit: str, subfolder: str = "") -> str:
+    """A pinned hub folder, handed between steps instead of a local path: hub:org/name@commit[/subfolder]."""
+    return f"{HUB_PREFIX}{repo}@{commit}" + (f"/{subfolder}" if subfolder else "")
+
+
+def local_folder(
+    reference: str,
+    settings: Settings,
+    marker: str,
+    allow_patterns: tuple[str, ...] = ("*",),
+    snapshot_download: SnapshotDownloader | None = None,
+) -> Path:
+    """A local copy of a folder another step handed over (a runs:/ artifact URI or a pinned hub reference).
+
+    Copies are cached by the reference, which names immutable content, so a step on the machine
+    that made the folder, or one that fetched it before, reads it without a download.
+    """
+    if reference.startswith(HUB_PREFIX):
+        match = re.fullmatch(r"([^@]+)@([0-9a-f]{40})(?:/(.+))?", reference[len(HUB_PREFIX) :])
+        if match is None:
+            raise SourceError(f"'{reference}' is not a pinned hub reference hub:org/name@<40-hex commit>[/subfolder]")
+        repo, commit, subfolder = match.groups()
+        patterns = [f"{subfolder}/*"] if subfolder else list(allow_patterns)
+        return _download(repo, commit, patterns, settings, snapshot_download) / (subfolder or "")
+    if not reference.startswith("runs:/"):
+        raise SourceError(f"'{reference}' is neither a runs:/ artifact URI nor a pinned hub:org/name@commit reference")
+    target = _handoff_path(reference, settings)
+    if target.is_dir():
+        return target
+    if target.is_symlink():
+        target.unlink(missing_ok=True)  # it pointed into a cache that has been cleared since
+    return build_once(target, marker, lambda output: _download_artifacts(reference, output))
+
+
+def remember_folder(reference: str, folder: Path, settings: Settings) -> None:
+    """Let later steps on this machine read `folder` for `reference` instead of downloading it."""
+    target = _handoff_path(reference, settings)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    link = target.with_name(f".{target.name}-{os.getpid()}")
+    link.unlink(missing_ok=True)
+    link.symlink_to(folder.resolve(), target_is_directory=True)
+    os.replace(link, target)
+
+
+def _handoff_path(reference: str, settings: Settings) -> Path:
+    return settings.cache_dir / "handoffs" / hashlib.sha256(reference.encode()).hexdigest()[:32]
+
+
+def _download_artifacts(reference: str, output: Path) -> None:
+    import mlflow
+
+    staging = output.with_name(output.name + "-download")
+    staging.mkdir()
+    try:
+        downloaded = mlflow.artifacts.download_artifacts(artifact_uri=reference, dst_path=str(staging))
+    except Exception as error:  # MLflow raises several types; all mean "not there"
+        raise SourceError(f"cannot download {reference}: {type(error).__name__}: {error}") from error
+    Path(downloaded).rename(output)
 
 
 def _download(
@@ -112,16 +230,13 @@ def file_digests(folder: Path) -> dict[str, str]:
     return {str(path.relative_to(folder)): sha256_file(path) for path in sorted(folder.rglob("*")) if path.is_file()}
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def tree_digest(folder: Path) -> str:
+    """One digest of every file's path and content below a folder."""
+    return _digest_of(file_digests(folder))
 
 
-def _tree_digest(folder: Path) -> str:
-    return hashlib.sha256(json.dumps(file_digests(folder), sort_keys=True).encode()).hexdigest()
+def _digest_of(files: dict[str, str]) -> str:
+    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
 
 
 def _options_digest(options: BuilderOptions) -> str:

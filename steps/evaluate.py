@@ -2,12 +2,8 @@
 
 from slmflow.evaluation import evaluate_model, load_eval_set, log_reports
 from slmflow.flavors import ONNX_MODEL_NAME, TRANSFORMERS_MODEL_NAME
-from slmflow.step import run_step
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument("--onnx-model-uri", required=True)
-    parser.add_argument("--transformers-model-uri", required=True)
+from slmflow.pipeline.contract import STEPS
+from slmflow.pipeline.step import run_step
 
 
 def evaluate(args, config, settings) -> None:
@@ -21,4 +17,4 @@ def evaluate(args, config, settings) -> None:
 
 
 if __name__ == "__main__":
-    run_step(__doc__, evaluate, add_arguments)
+    run_step(STEPS["evaluate"], evaluate)

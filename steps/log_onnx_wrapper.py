@@ -1,15 +1,17 @@
 """Log the ONNX GenAI folder as the `onnx-chat` pyfunc chat model."""
 
-from pathlib import Path
-
 from slmflow.flavors import log_onnx_chat_model
-from slmflow.pipeline import set_outputs
-from slmflow.step import run_step
+from slmflow.pipeline.contract import STEPS
+from slmflow.pipeline.step import run_step, set_outputs
+from slmflow.sources import local_folder
+
+STEP = STEPS["log_onnx_wrapper"]
 
 
 def log(args, config, settings) -> None:
-    set_outputs(model_uri=log_onnx_chat_model(Path(args.onnx_dir), config.generation, config.runtime))
+    onnx_dir = local_folder(args.onnx_uri, settings, marker="genai_config.json")
+    set_outputs(STEP, model_uri=log_onnx_chat_model(onnx_dir, config.generation, config.runtime))
 
 
 if __name__ == "__main__":
-    run_step(__doc__, log, lambda parser: parser.add_argument("--onnx-dir", required=True))
+    run_step(STEP, log)

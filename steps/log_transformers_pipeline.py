@@ -1,15 +1,19 @@
 """Log the checkpoint as the `transformers-chat` text-generation pipeline (task llm/v1/chat)."""
 
-from pathlib import Path
-
 from slmflow.flavors import log_transformers_chat_model
-from slmflow.pipeline import set_outputs
-from slmflow.step import run_step
+from slmflow.pipeline.contract import STEPS
+from slmflow.pipeline.step import run_step, set_outputs
+from slmflow.sources import local_folder
+
+STEP = STEPS["log_transformers_pipeline"]
 
 
 def log(args, config, settings) -> None:
-    set_outputs(model_uri=log_transformers_chat_model(Path(args.checkpoint_dir), config.source, config.generation))
+    checkpoint_dir = local_folder(
+        args.checkpoint_uri, settings, marker="config.json", allow_patterns=config.source.allow_patterns
+    )
+    set_outputs(STEP, model_uri=log_transformers_chat_model(checkpoint_dir, config.source, config.generation))
 
 
 if __name__ == "__main__":
-    run_step(__doc__, log, lambda parser: parser.add_argument("--checkpoint-dir", required=True))
+    run_step(STEP, log)

@@ -2,16 +2,16 @@
 
 import mlflow
 
-from slmflow.pipeline import run_pipeline
-from slmflow.step import run_step
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument("--use-cache", default="true", choices=["true", "false"])
+from slmflow.errors import ConfigError
+from slmflow.pipeline.contract import STEPS
+from slmflow.pipeline.runner import run_pipeline
+from slmflow.pipeline.step import run_step
 
 
 def main(args, config, settings) -> None:
-    summary = run_pipeline(config, args.config, use_cache=args.use_cache == "true")
+    if args.use_cache not in ("true", "false"):
+        raise ConfigError(f"use_cache: '{args.use_cache}' is neither 'true' nor 'false'")
+    summary = run_pipeline(config, args.config, use_cache=args.use_cache == "true", settings=settings)
     run = mlflow.active_run()
     print(
         f"\npipeline finished: run {run.info.run_id} in experiment {run.info.experiment_id}\n"
@@ -26,4 +26,4 @@ def main(args, config, settings) -> None:
 
 
 if __name__ == "__main__":
-    run_step(__doc__, main, add_arguments)
+    run_step(STEPS["main"], main)

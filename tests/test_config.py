@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from slmflow.config import PipelineConfig, Settings, load_config
+from slmflow.config import Settings, load_config
 from slmflow.errors import ConfigError
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -87,12 +87,43 @@ def test_not_a_mapping(tmp_path):
         load_config(path)
 
 
-def test_section_hash_changes_only_with_its_sections():
-    base = PipelineConfig.model_validate(minimal())
-    changed = PipelineConfig.model_validate(minimal(generation={"max_new_tokens": 9}))
+def test_section_hash_changes_only_with_its_sections(tmp_path):
+    base = load_config(write(tmp_path, minimal()))
+    changed = load_config(write(tmp_path, minimal(generation={"max_new_tokens": 9})))
     assert base.section_hash("source") == changed.section_hash("source")
     assert base.section_hash("generation") != changed.section_hash("generation")
+    assert base.section_hash("generation.temperature") == changed.section_hash("generation.temperature")
     assert base.config_hash() != changed.config_hash()
+
+
+def test_config_hash_is_the_same_from_any_checkout(tmp_path):
+    """Paths count by what they hold: the eval set by its digest, a local model folder not at all."""
+    hashes = []
+    for checkout in ("one", "two/deeper"):
+        folder = tmp_path / checkout
+        folder.mkdir(parents=True)
+        hashes.append(load_config(write(folder, minimal(source={"model": f"local:{folder}/model"}))).config_hash())
+    assert hashes[0] == hashes[1]
+    (folder / "eval.jsonl").write_text("[]\n")
+    assert load_config(folder / "config.yaml").config_hash() != hashes[0]
+
+
+def test_missing_eval_set_is_named_when_hashed(tmp_path):
+    config = load_config(write(tmp_path, minimal()))
+    (tmp_path / "eval.jsonl").unlink()
+    with pytest.raises(ConfigError, match="evaluation.eval_set: file not found: .*eval.jsonl"):
+        config.config_hash()
+
+
+def test_branch_tracking_is_for_hub_sources_without_a_pin(tmp_path):
+    followed = load_config(write(tmp_path, minimal(source={"model": "org/m", "branch": "main"})))
+    assert followed.source.branch == "main" and followed.source.revision is None
+    for source, message in [
+        ({"model": "org/m", "branch": "main", "revision": "a" * 40}, "either a pinned revision or a branch"),
+        ({"model": "builtin:tiny-phi3", "branch": "main"}, "only hub repos follow a branch"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            load_config(write(tmp_path, minimal(source=source)))
 
 
 def test_settings_read_the_environment_and_hide_the_token(monkeypatch, tmp_path):

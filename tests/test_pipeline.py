@@ -1,68 +1,128 @@
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
 from slmflow.config import PipelineConfig
-from slmflow.pipeline import STEP_SECTIONS, cache_key, code_hash
+from slmflow.pipeline.contract import STEPS, mlproject
+from slmflow.pipeline.runner import Handoff, StepResult, cache_key, pipeline_code_hash
+from tests.conftest import PROJECT_DIR
+
+PIPELINE = [name for name, step in STEPS.items() if step.in_pipeline]
 
 
-def config(**overrides) -> PipelineConfig:
+def config(tmp_path: Path, eval_text: str = '{"question": "q", "answer": "a"}\n', **overrides) -> PipelineConfig:
+    eval_set = tmp_path / "eval.jsonl"
+    eval_set.write_text(eval_text)
     data = {
         "source": {"model": "builtin:tiny-phi3"},
-        "evaluation": {"eval_set": "eval.jsonl"},
+        "evaluation": {"eval_set": str(eval_set)},
         "registry": {"model_name": "m"},
         **overrides,
     }
     return PipelineConfig.model_validate(data)
 
 
-def test_every_entry_point_declares_its_config_sections():
-    assert set(STEP_SECTIONS) == {
-        "fetch_model",
-        "log_onnx_wrapper",
-        "log_transformers_pipeline",
-        "evaluate",
-        "register",
-    }
-    assert all(set(sections) <= set(PipelineConfig.model_fields) for sections in STEP_SECTIONS.values())
+def test_mlproject_is_what_the_contracts_declare():
+    """Regenerate with: python -m slmflow.pipeline.contract > MLproject"""
+    assert yaml.safe_load((PROJECT_DIR / "MLproject").read_text()) == mlproject()
 
 
-def test_key_is_stable_and_compares_parameters_as_strings():
-    first = cache_key("fetch_model", {"config": "configs/tiny.yaml"}, "abc", config())
-    assert first == cache_key("fetch_model", {"config": "configs/tiny.yaml"}, "abc", config())
-    assert cache_key("evaluate", {"n": 1}, "abc", config()) == cache_key("evaluate", {"n": "1"}, "abc", config())
+def test_every_step_reads_known_config_sections_and_has_a_module():
+    for name, step in STEPS.items():
+        assert all(section.split(".")[0] in PipelineConfig.model_fields for section in step.sections), name
+        assert (PROJECT_DIR / "steps" / f"{name}.py").is_file()
+    assert PIPELINE == ["fetch_model", "log_onnx_wrapper", "log_transformers_pipeline", "evaluate", "register"]
 
 
-def test_key_changes_with_commit_parameters_and_entry_point():
-    base = cache_key("fetch_model", {"config": "a"}, "abc", config())
-    assert base != cache_key("fetch_model", {"config": "a"}, "abd", config())
-    assert base != cache_key("fetch_model", {"config": "b"}, "abc", config())
-    assert base != cache_key("log_onnx_wrapper", {"config": "a"}, "abc", config())
+def test_argument_parser_and_outputs_follow_the_contract():
+    step = STEPS["log_onnx_wrapper"]
+    args = step.argument_parser().parse_args(["--onnx-uri", "runs:/r/onnx"])
+    assert (args.config, args.onnx_uri) == ("configs/phi3-mini-4k-instruct.yaml", "runs:/r/onnx")
+    with pytest.raises(SystemExit):
+        step.argument_parser().parse_args([])  # onnx_uri is required
+    with pytest.raises(ValueError, match="step 'log_onnx_wrapper' declares no output onnx_dir"):
+        step.check_outputs({"onnx_dir": "/tmp/x"})
 
 
-def test_generation_change_misses_only_the_steps_that_read_it():
-    before, after = config(), config(generation={"max_new_tokens": 9})
-    for step, sections in STEP_SECTIONS.items():
-        same = cache_key(step, {}, "c", before) == cache_key(step, {}, "c", after)
-        assert same == ("generation" not in sections), step
+def test_key_ignores_where_the_config_and_the_checkout_are(tmp_path):
+    here, there = tmp_path / "a", tmp_path / "b" / "deeper"
+    here.mkdir()
+    there.mkdir(parents=True)
+    step = STEPS["evaluate"]
+    params = {"onnx_model_uri": "models:/m-1", "transformers_model_uri": "models:/m-2"}
+    key_here = cache_key(step, {"config": str(here / "c.yaml"), **params}, config(here))
+    key_there = cache_key(step, {"config": "configs/c.yaml", **params}, config(there))
+    assert key_here == key_there
+    assert key_here != cache_key(step, params, config(there, eval_text="{}\n"))  # the eval set by its content
 
 
-def test_extra_inputs_such_as_the_eval_set_digest_count():
-    assert cache_key("evaluate", {}, "c", config(), {"eval_set": "1"}) != cache_key(
-        "evaluate", {}, "c", config(), {"eval_set": "2"}
-    )
+def test_handoffs_count_by_their_content_not_their_uri(tmp_path):
+    step = STEPS["log_onnx_wrapper"]
+    one = cache_key(step, {"onnx_uri": Handoff("runs:/r1/onnx", "digest")}, config(tmp_path))
+    assert one == cache_key(step, {"onnx_uri": Handoff("runs:/r2/onnx", "digest")}, config(tmp_path))
+    assert one != cache_key(step, {"onnx_uri": Handoff("runs:/r1/onnx", "other")}, config(tmp_path))
 
 
-def test_code_hash_covers_the_step_file():
-    assert code_hash("fetch_model") != code_hash("register")
+def test_generation_change_misses_only_the_steps_that_read_it(tmp_path):
+    before, after = config(tmp_path), config(tmp_path, generation={"max_new_tokens": 9})
+    for name in PIPELINE:
+        step = STEPS[name]
+        same = cache_key(step, {}, before) == cache_key(step, {}, after)
+        assert same == (not any(s.startswith("generation") for s in step.sections)), name
 
 
-def test_a_cached_fetch_whose_folders_are_gone_is_not_reused(tmp_path):
+def test_a_local_source_counts_by_content_not_path(tmp_path):
+    step = STEPS["fetch_model"]
+    at_a = config(tmp_path, source={"model": "local:/a/model"})
+    at_b = config(tmp_path, source={"model": "local:/b/model"})
+    assert cache_key(step, {"revision": "d1"}, at_a) == cache_key(step, {"revision": "d1"}, at_b)
+    assert cache_key(step, {"revision": "d1"}, at_a) != cache_key(step, {"revision": "d2"}, at_a)
+
+
+@pytest.fixture
+def checkout(tmp_path) -> Path:
+    """A copy of what a commit of the project holds, to edit like a new commit."""
+    copy = tmp_path / "checkout"
+    for name in ("steps", "slmflow"):
+        shutil.copytree(PROJECT_DIR / name, copy / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("requirements.txt", "conda.yaml", "README.md", "MLproject"):
+        shutil.copy(PROJECT_DIR / name, copy / name)
+    return copy
+
+
+def test_readme_commit_keeps_every_key_and_a_pin_change_redoes_every_step(checkout, tmp_path):
+    def keys() -> dict[str, str]:
+        return {name: cache_key(STEPS[name], {}, config(tmp_path), checkout) for name in PIPELINE}
+
+    before, identity_before = keys(), pipeline_code_hash(checkout)
+    (checkout / "README.md").write_text("# only the docs changed\n")
+    assert keys() == before and pipeline_code_hash(checkout) == identity_before
+    pins = (checkout / "requirements.txt").read_text()
+    (checkout / "requirements.txt").write_text(pins.replace("tqdm==4.70.1", "tqdm==4.70.0"))
+    after = keys()
+    assert all(after[name] != before[name] for name in PIPELINE)
+    assert pipeline_code_hash(checkout) != identity_before
+
+
+def test_a_step_file_change_redoes_that_step(checkout, tmp_path):
+    def key(name: str) -> str:
+        return cache_key(STEPS[name], {}, config(tmp_path), checkout)
+
+    evaluate, register = key("evaluate"), key("register")
+    with (checkout / "steps" / "register.py").open("a") as handle:
+        handle.write("# changed\n")
+    assert key("evaluate") == evaluate and key("register") != register
+
+
+def test_outputs_are_read_with_their_content():
     from mlflow.entities import Run, RunData, RunInfo, RunTag
 
-    from slmflow.pipeline import OUTPUT_TAG_PREFIX, StepResult
+    tags = [RunTag("slmflow.output.onnx_uri", "runs:/r/onnx"), RunTag("slmflow.content.onnx_uri", "abc")]
+    result = StepResult(Run(RunInfo("r", "0", "u", "FINISHED", 0, 0, "active"), RunData(tags=tags)), cached=True)
+    assert result.output("onnx_uri") == Handoff("runs:/r/onnx", "abc")
+    from slmflow.errors import StepFailedError
 
-    def result(**outputs) -> StepResult:
-        tags = [RunTag(OUTPUT_TAG_PREFIX + k, str(v)) for k, v in outputs.items()]
-        info = RunInfo("r", "0", "u", "FINISHED", 0, 0, "active")
-        return StepResult(Run(info, RunData(tags=tags)), cached=True)
-
-    assert result(checkpoint_dir=tmp_path, onnx_dir=tmp_path).has_folders("checkpoint_dir", "onnx_dir")
-    assert not result(checkpoint_dir=tmp_path, onnx_dir=tmp_path / "gone").has_folders("checkpoint_dir", "onnx_dir")
-    assert not result(checkpoint_dir=tmp_path).has_folders("checkpoint_dir", "onnx_dir")
+    with pytest.raises(StepFailedError, match="recorded no output 'model_uri'"):
+        result.output("model_uri")

@@ -1,9 +1,11 @@
 import mlflow
 import pytest
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, PERMISSION_DENIED, RESOURCE_DOES_NOT_EXIST
 from mlflow.tracking import MlflowClient
 
 from slmflow.config import Gates, RegistryConfig, SelectionRule
-from slmflow.errors import GateFailedError
+from slmflow.errors import GateFailedError, RegistryError
 from slmflow.registry import Candidate, Registrar, candidates_from_evaluation, choose_candidate, gate_failures
 
 GOOD = {"accuracy": 0.95, "tokens_per_second": 300.0, "latency_p50_s": 0.05}
@@ -59,8 +61,8 @@ def logged_uri(tracking_store):
         )
 
 
-def identity(revision="r1", config="c1", commit="g1"):
-    return {"source_revision": revision, "config_hash": config, "git_commit": commit}
+def identity(revision="r1", config="c1", code="k1"):
+    return {"source_revision": revision, "config_hash": config, "code_hash": code}
 
 
 def registrar(**gates) -> Registrar:
@@ -127,3 +129,44 @@ def test_candidates_are_read_from_the_evaluate_run(tracking_store):
         mlflow.log_metrics({"onnx-chat/accuracy": 1.0, "onnx-chat/tokens_per_second": 9.0, "agreement_rate": 1.0})
     found = candidates_from_evaluation(MlflowClient().get_run(run.info.run_id))
     assert found == {"onnx-chat": Candidate("onnx-chat", "models:/m-1", {"accuracy": 1.0, "tokens_per_second": 9.0})}
+
+
+def test_a_concurrent_registration_of_the_same_identity_keeps_the_first_version(logged_uri, monkeypatch):
+    """Two runs that both found nothing registered: the later version is withdrawn, the first one stays."""
+    first = registrar().register(Candidate("onnx-chat", logged_uri, GOOD), identity(), {}, "d")
+    late = registrar()
+    monkeypatch.setattr(late, "find_registered", lambda identity: None)  # it looked before the first one existed
+    result = late.register(Candidate("onnx-chat", logged_uri, GOOD), identity(), {}, "d")
+    assert not result.created and result.version.version == first.version.version
+    client = MlflowClient()
+    assert [v.version for v in client.search_model_versions("name = 'reg-test'")] == [first.version.version]
+    assert client.get_model_version_by_alias("reg-test", "champion").version == first.version.version
+
+
+class FailingRegistry(MlflowClient):
+    """A registry that answers with a server error, as a tracking server under trouble does."""
+
+    def __init__(self, error_code: int) -> None:
+        super().__init__()
+        self.error_code = error_code
+
+    def _fail(self, *args, **kwargs):
+        raise MlflowException("the database is unavailable", error_code=self.error_code)
+
+    get_registered_model = search_model_versions = _fail
+
+
+@pytest.mark.parametrize("code", [INTERNAL_ERROR, PERMISSION_DENIED])
+def test_registry_errors_are_not_read_as_nothing_registered(tracking_store, code):
+    registrar = Registrar(RegistryConfig(model_name="reg-test"), FailingRegistry(code))
+    with pytest.raises(RegistryError, match="cannot read the champion of 'reg-test': .*database is unavailable"):
+        registrar.champion()
+    with pytest.raises(RegistryError, match="cannot list the versions of 'reg-test'"):
+        registrar.find_registered(identity())
+
+
+def test_only_does_not_exist_means_none(tracking_store):
+    registrar = Registrar(RegistryConfig(model_name="never-registered"))
+    assert registrar.champion() is None
+    assert registrar.find_registered(identity()) is None
+    assert Registrar(RegistryConfig(model_name="x"), FailingRegistry(RESOURCE_DOES_NOT_EXIST)).champion() is None

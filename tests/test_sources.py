@@ -5,7 +5,14 @@ import pytest
 
 from slmflow.config import OnnxVariant, SourceConfig
 from slmflow.errors import SourceError, UnknownBuiltinModelError
-from slmflow.sources import fetch_model
+from slmflow.sources import (
+    fetch_model,
+    file_digests,
+    hub_reference,
+    local_folder,
+    remember_folder,
+    resolve_revision,
+)
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 
@@ -99,3 +106,91 @@ def test_token_is_passed_to_the_hub_client(tiny_checkpoint, tmp_path, settings):
     with_token = settings.model_copy(update={"hf_token": "hf_abc"})
     fetch_model(SourceConfig(model="org/tiny", revision=SHA), with_token, snapshot_download=hub)
     assert hub.calls[0]["token"] == "hf_abc"
+
+
+class FakeBranches:
+    """Answers `branch -> commit` like the hub's model_info, and counts the questions."""
+
+    def __init__(self, heads: dict[str, str]) -> None:
+        self.heads, self.calls = heads, []
+
+    def __call__(self, repo, branch, token):
+        self.calls.append((repo, branch, token))
+        if branch not in self.heads:
+            raise KeyError(f"no branch {branch}")
+        return self.heads[branch]
+
+
+def test_a_followed_branch_is_resolved_to_its_commit_and_fetched_there(settings, tiny_checkpoint, tmp_path):
+    hub = FakeHub(tmp_path / "hub", {"org/tiny": tiny_checkpoint})
+    branches = FakeBranches({"main": SHA})
+    source = SourceConfig(model="org/tiny", branch="main")
+    assert resolve_revision(source, settings, branches) == SHA
+    fetched = fetch_model(source, settings, snapshot_download=hub, resolve_commit=branches)
+    assert fetched.revision == SHA and hub.calls[0]["revision"] == SHA
+    branches.heads["main"] = "f" * 40  # upstream moved
+    assert resolve_revision(source, settings, branches) == "f" * 40
+
+
+def test_pinned_hub_sources_never_ask_the_hub(settings):
+    branches = FakeBranches({})
+    assert resolve_revision(SourceConfig(model="org/tiny", revision=SHA), settings, branches) == SHA
+    assert branches.calls == []
+
+
+@pytest.mark.parametrize(
+    ("heads", "message"), [({}, "KeyError"), ({"main": "v1.0"}, "resolved to 'v1.0', not a commit")]
+)
+def test_unresolvable_branch_is_named(settings, heads, message):
+    with pytest.raises(SourceError, match=f"branch 'main' of hub repo 'org/tiny'.*{message}"):
+        resolve_revision(SourceConfig(model="org/tiny", branch="main"), settings, FakeBranches(heads))
+
+
+def test_builtin_and_local_revisions_are_their_recipe_and_content(settings, tiny_checkpoint, tmp_path):
+    assert resolve_revision(SourceConfig(model="builtin:tiny-phi3"), settings) == tiny_checkpoint.name.split("-")[-1]
+    local = tmp_path / "model"
+    shutil.copytree(tiny_checkpoint, local)
+    before = resolve_revision(SourceConfig(model=f"local:{local}"), settings)
+    (local / "model.safetensors").write_bytes(b"retrained")
+    assert resolve_revision(SourceConfig(model=f"local:{local}"), settings) != before
+
+
+def test_a_local_folder_rewritten_after_main_resolved_it_is_refused(settings, tiny_checkpoint, tmp_path):
+    local = tmp_path / "model"
+    shutil.copytree(tiny_checkpoint, local)
+    source = SourceConfig(model=f"local:{local}")
+    with pytest.raises(SourceError, match="changed since its revision 0{64} was resolved"):
+        fetch_model(source, settings, revision="0" * 64)
+
+
+def test_handed_over_hub_folders_are_fetched_at_their_commit(settings, tiny_checkpoint, tiny_onnx, tmp_path):
+    variant_repo = tmp_path / "onnx-repo"
+    shutil.copytree(tiny_onnx, variant_repo / "cpu" / "int4")
+    hub = FakeHub(tmp_path / "hub", {"org/tiny": tiny_checkpoint, "org/tiny-onnx": variant_repo})
+    checkpoint = local_folder(hub_reference("org/tiny", SHA), settings, "config.json", snapshot_download=hub)
+    assert (checkpoint / "config.json").is_file() and hub.calls[-1]["revision"] == SHA
+    variant = hub_reference("org/tiny-onnx", SHA, "cpu/int4")
+    onnx = local_folder(variant, settings, "genai_config.json", snapshot_download=hub)
+    assert (onnx / "genai_config.json").is_file() and hub.calls[-1]["allow_patterns"] == ["cpu/int4/*"]
+
+
+@pytest.mark.parametrize("reference", ["/abs/path/onnx", "hub:org/tiny@main"])
+def test_local_paths_and_unpinned_references_are_refused(settings, reference):
+    with pytest.raises(SourceError, match="not a|neither"):
+        local_folder(reference, settings, "config.json")
+
+
+def test_run_artifacts_are_downloaded_once_and_a_remembered_folder_is_read_in_place(
+    settings, tiny_onnx, tracking_store, tmp_path
+):
+    import mlflow
+
+    with mlflow.start_run() as run:
+        mlflow.log_artifacts(str(tiny_onnx), "onnx")
+    uri = f"runs:/{run.info.run_id}/onnx"
+    fresh = settings.model_copy(update={"cache_dir": tmp_path / "empty-cache"})
+    downloaded = local_folder(uri, fresh, "genai_config.json")
+    assert file_digests(downloaded) == file_digests(tiny_onnx)
+    assert local_folder(uri, fresh, "genai_config.json") == downloaded
+    remember_folder(uri, tiny_onnx, settings)
+    assert local_folder(uri, settings, "genai_config.json").resolve() == tiny_onnx.resolve()

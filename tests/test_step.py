@@ -5,10 +5,12 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from slmflow.errors import SourceError
-from slmflow.step import CONFIG_HASH_TAG, ERROR_TAG, run_step
+from slmflow.pipeline.contract import CONFIG, StepContract
+from slmflow.pipeline.step import CONFIG_HASH_TAG, ERROR_TAG, run_step, set_outputs
 from tests.conftest import PROJECT_DIR
 
 TINY = ["--config", str(PROJECT_DIR / "configs" / "tiny.yaml")]
+TEST_STEP = StepContract("test", "a step for the tests", (CONFIG,), outputs=("answer",))
 
 
 def only_run() -> object:
@@ -25,7 +27,7 @@ def test_body_runs_inside_a_run_with_the_config_hash(tracking_store, monkeypatch
         seen["offline"] = os.environ.get("HF_HUB_OFFLINE")
         mlflow.log_param("x", "1")
 
-    run_step("test", body, argv=TINY)
+    run_step(TEST_STEP, body, argv=TINY)
     run = only_run()
     assert run.info.status == "FINISHED"
     assert seen == {"model": "builtin:tiny-phi3", "offline": "1"}  # the builtin path never waits on a hub
@@ -37,7 +39,7 @@ def test_user_error_fails_the_run_with_one_clear_line(tracking_store, capsys):
         raise SourceError("cannot fetch hub repo 'a/b'")
 
     with pytest.raises(SystemExit) as exited:
-        run_step("test", body, argv=TINY)
+        run_step(TEST_STEP, body, argv=TINY)
     assert exited.value.code == 1
     run = only_run()
     assert run.info.status == "FAILED"
@@ -52,7 +54,7 @@ def test_unexpected_error_keeps_its_traceback(tracking_store, capsys):
         raise KeyError("bug")
 
     with pytest.raises(SystemExit):
-        run_step("test", body, argv=TINY)
+        run_step(TEST_STEP, body, argv=TINY)
     assert only_run().info.status == "FAILED"
     assert "Traceback" in capsys.readouterr().err
 
@@ -60,5 +62,16 @@ def test_unexpected_error_keeps_its_traceback(tracking_store, capsys):
 def test_bad_config_fails_before_the_body(tracking_store, tmp_path):
     (tmp_path / "c.yaml").write_text("source: {model: builtin:tiny-phi3}\nbogus: 1\n")
     with pytest.raises(SystemExit):
-        run_step("test", lambda *a: pytest.fail("body ran"), argv=["--config", str(tmp_path / "c.yaml")])
+        run_step(TEST_STEP, lambda *a: pytest.fail("body ran"), argv=["--config", str(tmp_path / "c.yaml")])
     assert "bogus: unknown key" in only_run().data.tags[ERROR_TAG]
+
+
+def test_set_outputs_records_declared_outputs_and_refuses_others(tracking_store):
+    def body(args, config, settings):
+        set_outputs(TEST_STEP, contents={"answer": "sha"}, answer="runs:/x/answer")
+
+    run_step(TEST_STEP, body, argv=TINY)
+    tags = only_run().data.tags
+    assert (tags["slmflow.output.answer"], tags["slmflow.content.answer"]) == ("runs:/x/answer", "sha")
+    with pytest.raises(ValueError, match="declares no output onnx_dir"):
+        set_outputs(TEST_STEP, onnx_dir="/tmp/onnx")

@@ -6,30 +6,25 @@ import argparse
 import os
 import sys
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import NoReturn
 
 from slmflow.config import PipelineConfig, Settings, load_config
 from slmflow.errors import PipelineError
+from slmflow.pipeline.contract import StepContract
 
 ERROR_TAG = "slmflow.error"
 CONFIG_HASH_TAG = "slmflow.config_hash"
+OUTPUT_TAG_PREFIX = "slmflow.output."
+# What an output is, for cache keys downstream: a content digest where the output's name (a URI) is not one.
+CONTENT_TAG_PREFIX = "slmflow.content."
 
 StepBody = Callable[[argparse.Namespace, PipelineConfig, Settings], None]
 
 
-def run_step(
-    description: str,
-    body: StepBody,
-    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
-    argv: Sequence[str] | None = None,
-) -> None:
-    """Parse arguments, load the config, run `body` inside the project's run, fail with a clear message."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--config", required=True, help="pipeline config YAML")
-    if add_arguments:
-        add_arguments(parser)
-    args = parser.parse_args(argv)
+def run_step(step: StepContract, body: StepBody, argv: Sequence[str] | None = None) -> None:
+    """Parse the step's declared arguments, load the config, run `body` in the project's run, fail clearly."""
+    args = step.argument_parser().parse_args(argv)
     import mlflow
 
     with mlflow.start_run() as run:
@@ -41,6 +36,17 @@ def run_step(
             body(args, config, Settings.from_environment())
         except Exception as error:  # every failure ends the run FAILED with its cause recorded
             _fail(mlflow, run.info.run_id, error)
+
+
+def set_outputs(step: StepContract, contents: Mapping[str, str] | None = None, **outputs: str) -> None:
+    """Record a step's declared outputs (and what they contain) on its run, where `main` reads them."""
+    import mlflow
+
+    step.check_outputs(outputs)
+    step.check_outputs(tuple(contents or ()))
+    tags = {OUTPUT_TAG_PREFIX + name: str(value) for name, value in outputs.items()}
+    tags.update({CONTENT_TAG_PREFIX + name: digest for name, digest in (contents or {}).items()})
+    mlflow.set_tags(tags)
 
 
 def needs_no_network(config: PipelineConfig) -> bool:

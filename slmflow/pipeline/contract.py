@@ -1,0 +1,143 @@
+"""Each entry point declared once: its parameters, its outputs and the config sections it reads.
+
+`MLproject`, every step's argument parser, the outputs a step may record and the cache keys of
+`main` all derive from `STEPS`; `python -m slmflow.pipeline.contract` prints the `MLproject`
+these declarations imply (a test checks the file against it).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import yaml
+
+DEFAULT_CONFIG = "configs/phi3-mini-4k-instruct.yaml"
+# `fetch_model` run alone resolves the source itself; `main` passes the revision it resolved first.
+RESOLVE_REVISION = "resolve"
+
+
+@dataclass(frozen=True)
+class Parameter:
+    name: str
+    help: str
+    default: str | None = None  # None: required
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+CONFIG = Parameter("config", "pipeline config YAML, relative to the project root", DEFAULT_CONFIG)
+
+
+@dataclass(frozen=True)
+class StepContract:
+    """One MLproject entry point. Parameters are strings: MLflow makes `path` ones absolute."""
+
+    entry_point: str
+    description: str
+    parameters: tuple[Parameter, ...]
+    outputs: tuple[str, ...] = ()
+    # Config sections (or dotted fields) the step reads: a change elsewhere does not redo it.
+    sections: tuple[str, ...] = ()
+    # Whether `main` runs it; a step outside the pipeline (a scoring job, say) is declared the same way.
+    in_pipeline: bool = True
+
+    @property
+    def command(self) -> str:
+        arguments = " ".join(f"{p.flag} {{{p.name}}}" for p in self.parameters)
+        return f"python -m steps.{self.entry_point} {arguments}"
+
+    def mlproject_entry(self) -> dict:
+        parameters = {
+            p.name: "string" if p.default is None else {"type": "string", "default": p.default}
+            for p in self.parameters
+        }
+        return {"parameters": parameters, "command": self.command}
+
+    def argument_parser(self) -> argparse.ArgumentParser:
+        parser = argparse.ArgumentParser(prog=f"steps.{self.entry_point}", description=self.description)
+        for p in self.parameters:
+            parser.add_argument(p.flag, dest=p.name, required=p.default is None, default=p.default, help=p.help)
+        return parser
+
+    def check_outputs(self, names: Mapping[str, object] | tuple[str, ...]) -> None:
+        unknown = sorted(set(names) - set(self.outputs))
+        if unknown:
+            raise ValueError(f"step '{self.entry_point}' declares no output {', '.join(unknown)}")
+
+
+STEPS: dict[str, StepContract] = {
+    step.entry_point: step
+    for step in (
+        StepContract(
+            "main",
+            "Run the whole pipeline, each step a child run, reusing finished steps whose inputs did not change.",
+            (CONFIG, Parameter("use_cache", "reuse finished steps with the same cache key", "true")),
+            outputs=("onnx_model_uri", "transformers_model_uri", "registered_model", "registered_version"),
+            in_pipeline=False,
+        ),
+        StepContract(
+            "fetch_model",
+            "Fetch the model (builtin, local folder or hub commit) and its ONNX GenAI form; log both.",
+            (CONFIG, Parameter("revision", "the source revision main resolved", RESOLVE_REVISION)),
+            outputs=("checkpoint_uri", "onnx_uri", "source_revision"),
+            sections=("source",),
+        ),
+        StepContract(
+            "log_onnx_wrapper",
+            "Log the ONNX GenAI folder as the `onnx-chat` pyfunc chat model.",
+            (CONFIG, Parameter("onnx_uri", "runs:/ URI of the ONNX GenAI folder")),
+            outputs=("model_uri",),
+            sections=("generation", "runtime"),
+        ),
+        StepContract(
+            "log_transformers_pipeline",
+            "Log the checkpoint as the `transformers-chat` text-generation pipeline (task llm/v1/chat).",
+            (CONFIG, Parameter("checkpoint_uri", "runs:/ URI or pinned hub:org/name@commit of the checkpoint")),
+            outputs=("model_uri",),
+            sections=("generation", "source.trust_remote_code"),
+        ),
+        StepContract(
+            "evaluate",
+            "Measure both logged chat models on the same eval set: quality and speed.",
+            (
+                CONFIG,
+                Parameter("onnx_model_uri", "models:/ URI of the onnx-chat model"),
+                Parameter("transformers_model_uri", "models:/ URI of the transformers-chat model"),
+            ),
+            sections=("evaluation",),
+        ),
+        StepContract(
+            "register",
+            "Register the better evaluated model behind the configured gates; move the `champion` alias to it.",
+            (
+                CONFIG,
+                Parameter("evaluate_run_id", "the evaluate run whose candidates to register"),
+                Parameter("source_revision", "the fetched source revision"),
+            ),
+            outputs=("registered_model", "registered_version"),
+            sections=("registry", "source", "evaluation"),
+        ),
+    )
+}
+
+
+def mlproject() -> dict:
+    """The MLproject these contracts imply."""
+    return {
+        "name": "slmflow",
+        "conda_env": "conda.yaml",
+        "entry_points": {name: step.mlproject_entry() for name, step in STEPS.items()},
+    }
+
+
+if __name__ == "__main__":
+    print(
+        "# Generated from slmflow/pipeline/contract.py (python -m slmflow.pipeline.contract > MLproject).\n"
+        "# Parameters are strings on purpose: MLflow makes `path` parameters absolute.\n"
+        + yaml.safe_dump(mlproject(), sort_keys=False, width=200),
+        end="",
+    )

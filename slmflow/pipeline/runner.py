@@ -1,0 +1,197 @@
+"""The `main` entry point's logic: run each step as a child MLflow Project run, reusing finished ones.
+
+A step is reused when a FINISHED run of the same entry point carries the same cache key: what the
+step runs (its code, the library and the pinned environment), the config sections it reads (the
+same from any checkout) and what its inputs are (content digests, or URIs that name immutable
+things). Neither the checkout's path, the machine nor the git commit is in it: a README-only commit
+reuses every step; the commit is recorded as a tag for lineage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+from mlflow.entities import Run, RunStatus
+from mlflow.tracking import MlflowClient
+
+from slmflow.config import PipelineConfig, Settings
+from slmflow.errors import StepFailedError
+from slmflow.pipeline.contract import STEPS, StepContract
+from slmflow.pipeline.step import CONTENT_TAG_PREFIX, ERROR_TAG, OUTPUT_TAG_PREFIX, set_outputs
+from slmflow.sources import resolve_revision
+
+PROJECT_DIR = Path(__file__).resolve().parents[2]
+CACHE_KEY_TAG = "slmflow.cache_key"
+SOURCE_REVISION_TAG = "slmflow.source_revision"
+PROJECT_ENV_TAG = "mlflow.project.env"
+# The pinned environment: a changed pin redoes every step.
+ENVIRONMENT_FILES = ("requirements.txt", "conda.yaml")
+
+
+def code_hash(entry_points: tuple[str, ...], project_dir: Path = PROJECT_DIR) -> str:
+    """What the steps run: their own files, the library, its data and the pinned environment."""
+    digest = hashlib.sha256()
+    files = [project_dir / "steps" / f"{entry_point}.py" for entry_point in entry_points]
+    files += sorted((project_dir / "slmflow").rglob("*.py"))
+    files += sorted((project_dir / "slmflow" / "data").glob("*"))
+    files += [project_dir / name for name in ENVIRONMENT_FILES]
+    for path in files:
+        digest.update(path.relative_to(project_dir).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def pipeline_code_hash(project_dir: Path = PROJECT_DIR) -> str:
+    """The code of every pipeline step: part of a registered version's identity."""
+    return code_hash(tuple(name for name, step in STEPS.items() if step.in_pipeline), project_dir)
+
+
+@dataclass(frozen=True)
+class Handoff:
+    """A value one step hands the next: its name (a URI, never a local path) and what it is, for cache keys."""
+
+    value: str
+    content: str
+
+
+def cache_key(
+    step: StepContract,
+    parameters: Mapping[str, str | Handoff],
+    config: PipelineConfig,
+    project_dir: Path = PROJECT_DIR,
+) -> str:
+    """The config parameter counts by the sections the step reads, not by where the file is."""
+    payload = {
+        "entry_point": step.entry_point,
+        "inputs": {
+            name: value.content if isinstance(value, Handoff) else str(value)
+            for name, value in sorted(parameters.items())
+            if name != "config"
+        },
+        "config": config.section_hash(*step.sections),
+        "code": code_hash((step.entry_point,), project_dir),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass
+class StepResult:
+    run: Run
+    cached: bool
+
+    def output(self, name: str) -> Handoff:
+        tags = self.run.data.tags
+        value = tags.get(OUTPUT_TAG_PREFIX + name)
+        if value is None:
+            raise StepFailedError(f"step run {self.run.info.run_id} recorded no output '{name}'")
+        return Handoff(value, tags.get(CONTENT_TAG_PREFIX + name, value))
+
+
+class StepRunner:
+    """Runs steps as children of the active (parent) run."""
+
+    def __init__(self, config: PipelineConfig, use_cache: bool, project_uri: str = str(PROJECT_DIR)) -> None:
+        self.client = MlflowClient()
+        parent = mlflow.active_run()
+        if parent is None:
+            raise RuntimeError("StepRunner needs an active parent run")
+        self.parent = self.client.get_run(parent.info.run_id)
+        self.experiment_id = self.parent.info.experiment_id
+        self.env_manager = self.parent.data.tags.get(PROJECT_ENV_TAG, "local")
+        self.config = config
+        self.use_cache = use_cache
+        self.project_uri = project_uri
+
+    def run(self, entry_point: str, parameters: Mapping[str, str | Handoff]) -> StepResult:
+        step = STEPS[entry_point]
+        key = cache_key(step, parameters, self.config)
+        finished = self._finished_run(key) if self.use_cache else None
+        if finished is not None:
+            result = StepResult(finished, cached=True)
+        else:
+            values = {name: getattr(value, "value", value) for name, value in parameters.items()}
+            result = StepResult(self._launch(entry_point, values, key), cached=False)
+        self._record(entry_point, result)
+        return result
+
+    def _finished_run(self, key: str) -> Run | None:
+        """Only FINISHED runs count: a child left RUNNING by a killed parent is never taken for a result."""
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`{CACHE_KEY_TAG}` = '{key}' and attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        return runs[0] if runs else None
+
+    def _launch(self, entry_point: str, parameters: dict[str, str], key: str) -> Run:
+        submitted = mlflow.projects.run(
+            uri=self.project_uri,
+            entry_point=entry_point,
+            parameters=parameters,
+            env_manager=self.env_manager,  # nested runs do not inherit the caller's env manager
+            experiment_id=self.experiment_id,
+            synchronous=False,
+        )
+        # Tagged at once, so a step whose parent dies can still be told apart; only FINISHED ones are reused.
+        self.client.set_tag(submitted.run_id, CACHE_KEY_TAG, key)
+        if not submitted.wait():
+            if self.client.get_run(submitted.run_id).info.status == "RUNNING":
+                self.client.set_terminated(submitted.run_id, RunStatus.to_string(RunStatus.FAILED))
+            raise StepFailedError(self._failure_message(entry_point, submitted.run_id))
+        return self.client.get_run(submitted.run_id)
+
+    def _failure_message(self, entry_point: str, run_id: str) -> str:
+        cause = self.client.get_run(run_id).data.tags.get(ERROR_TAG)
+        return f"step '{entry_point}' failed: {cause or f'run {run_id} failed'}"
+
+    def _record(self, entry_point: str, result: StepResult) -> None:
+        run_id = self.parent.info.run_id
+        self.client.set_tag(run_id, f"slmflow.step.{entry_point}.run_id", result.run.info.run_id)
+        self.client.set_tag(run_id, f"slmflow.step.{entry_point}.cached", str(result.cached).lower())
+        print(
+            f"step {entry_point}: {'reused' if result.cached else 'ran'} run {result.run.info.run_id}",
+            flush=True,
+        )
+
+
+def run_pipeline(config: PipelineConfig, config_arg: str, use_cache: bool, settings: Settings) -> dict[str, str]:
+    """fetch_model -> log_onnx_wrapper / log_transformers_pipeline -> evaluate -> register."""
+    runner = StepRunner(config, use_cache)
+    # Resolved before any cache lookup: a followed hub branch counts by the commit it points at now.
+    revision = resolve_revision(config.source, settings)
+    mlflow.set_tag(SOURCE_REVISION_TAG, revision)
+    fetched = runner.run("fetch_model", {"config": config_arg, "revision": revision})
+    onnx = runner.run("log_onnx_wrapper", {"config": config_arg, "onnx_uri": fetched.output("onnx_uri")})
+    transformers = runner.run(
+        "log_transformers_pipeline", {"config": config_arg, "checkpoint_uri": fetched.output("checkpoint_uri")}
+    )
+    evaluated = runner.run(
+        "evaluate",
+        {
+            "config": config_arg,
+            "onnx_model_uri": onnx.output("model_uri"),
+            "transformers_model_uri": transformers.output("model_uri"),
+        },
+    )
+    registered = runner.run(
+        "register",
+        {
+            "config": config_arg,
+            "evaluate_run_id": evaluated.run.info.run_id,
+            "source_revision": fetched.output("source_revision"),
+        },
+    )
+    summary = {
+        "onnx_model_uri": onnx.output("model_uri").value,
+        "transformers_model_uri": transformers.output("model_uri").value,
+        "registered_model": registered.output("registered_model").value,
+        "registered_version": registered.output("registered_version").value,
+    }
+    set_outputs(STEPS["main"], **summary)
+    return summary
