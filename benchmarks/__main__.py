@@ -7,7 +7,9 @@ if sys.argv[1:2] == ["--real-shape"]:
 
     real_shape.main(sys.argv[2:])
 else:
-    from benchmarks import onnx_chat_speed, pipeline_rerun
+    from benchmarks import batch_score, onnx_chat_speed, pipeline_rerun, serving
 
     onnx_chat_speed.main()
     pipeline_rerun.main()
+    serving.main()
+    batch_score.main()

@@ -55,7 +55,7 @@ def plain_loop(model, tokenizer, prompts: list[str], new_tokens: int) -> dict[st
 def pyfunc_single(pyfunc, messages: Messages, new_tokens: int) -> dict[str, float]:
     request = {"messages": messages, "max_tokens": new_tokens, "min_tokens": new_tokens}
     started = time.perf_counter()
-    out = pyfunc.predict(request)
+    [out] = pyfunc.predict(request)
     elapsed = time.perf_counter() - started
     return {"seconds": elapsed, "tokens": out["usage"]["completion_tokens"]}
 

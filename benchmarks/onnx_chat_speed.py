@@ -29,7 +29,8 @@ from benchmarks.measure import (
     weight_bytes,
 )
 from benchmarks.report import write_report
-from slmflow.evaluation import completion_tokens, peak_rss_mb
+from slmflow.evaluation.metrics import completion_tokens
+from slmflow.evaluation.runner import peak_rss_mb
 
 MODELS = {"tiny-phi3": "builtin:tiny-phi3", "bench-phi3-100m": "builtin:bench-phi3-100m"}
 SETTLE_SECONDS = 0.2

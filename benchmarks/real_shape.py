@@ -42,7 +42,7 @@ from benchmarks.measure import (
 from benchmarks.report import BENCHMARKS_DIR, write_report
 from slmflow.builtin import builtin_spec, ensure_builtin_spec, filler_text, spec_fingerprint, with_layers
 from slmflow.config import BuilderOptions, GenerationConfig, RuntimeConfig, Settings
-from slmflow.evaluation import peak_rss_mb
+from slmflow.evaluation.runner import peak_rss_mb
 from slmflow.onnx_build import build_onnx
 
 SPEC = builtin_spec("bench-phi3-mini-shape")

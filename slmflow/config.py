@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from slmflow.cache import sha256_file
 from slmflow.errors import ConfigError
+from slmflow.requests import DEFAULT_SETTINGS, MaxTokens, RequestLimits, Seed, Temperature, TopK, TopP
 
 BUILTIN_PREFIX = "builtin:"
 LOCAL_PREFIX = "local:"
@@ -105,13 +106,16 @@ class SourceConfig(_Section):
 
 
 class GenerationConfig(_Section):
-    """Generation defaults; a request may override them."""
+    """Generation defaults (a request may override them) and the limits of one request.
 
-    max_new_tokens: int = Field(64, gt=0)
-    temperature: float = Field(0.0, ge=0.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    top_k: int = Field(50, ge=1)
-    seed: int | None = None
+    Bounds and defaults are the request model's (`slmflow.requests`), declared once."""
+
+    max_new_tokens: MaxTokens = DEFAULT_SETTINGS.max_tokens
+    temperature: Temperature = DEFAULT_SETTINGS.temperature
+    top_p: TopP = DEFAULT_SETTINGS.top_p
+    top_k: TopK = DEFAULT_SETTINGS.top_k
+    seed: Seed | None = DEFAULT_SETTINGS.seed
+    limits: RequestLimits = RequestLimits()
 
 
 class RuntimeConfig(_Section):

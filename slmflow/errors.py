@@ -31,3 +31,7 @@ class StepFailedError(PipelineError):
 
 class RegistryError(PipelineError):
     """The model registry could not answer (server down, refused, misconfigured): never read as "none"."""
+
+
+class RollbackError(PipelineError, LookupError):
+    """A rollback that cannot be done: no such registered model, or no version to roll back to."""

@@ -8,10 +8,12 @@ from typing import Any
 
 import mlflow
 from mlflow.models import ModelSignature
-from mlflow.types.schema import Array, ColSpec, Object, ParamSchema, ParamSpec, Property, Schema
+from mlflow.types.llm import CHAT_MODEL_OUTPUT_SCHEMA
+from mlflow.types.schema import AnyType, ColSpec, Object, ParamSchema, ParamSpec, Property, Schema
 
 from slmflow.config import GenerationConfig, RuntimeConfig, SourceConfig
 from slmflow.onnx_chat import ONNX_ARTIFACT
+from slmflow.requests import SAMPLING_FIELDS, UNSUPPORTED_FIELDS
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 REQUIREMENTS_FILE = PACKAGE_DIR.parent / "requirements.txt"
@@ -36,29 +38,45 @@ def pinned_requirements(*names: str) -> list[str]:
     return [pins[name.lower()] for name in names]
 
 
-# Per-request generation fields: accepted in the request body (a column per row) and as params.
-SAMPLING_TYPES = {
+# Request fields MLflow type-checks itself when they come as params (or at the top level of a chat body);
+# MLflow drops params it has no spec for, so the scalar unsupported fields are declared too, to be refused.
+PARAM_TYPES = {
     "max_tokens": "long",
+    "max_completion_tokens": "long",
     "temperature": "double",
     "top_p": "double",
     "top_k": "long",
     "seed": "long",
     "min_tokens": "long",
+    "n": "long",
+    "stream": "boolean",
+    "logprobs": "boolean",
+    "top_logprobs": "long",
+    "presence_penalty": "double",
+    "frequency_penalty": "double",
 }
 
 
 def onnx_chat_signature() -> ModelSignature:
-    message = Object([Property("role", "string"), Property("content", "string")])
+    """Every request field as a column of any type, so the request model checks it and names it (MLflow's
+    schema errors quote the whole input), and unsupported OpenAI fields reach it to be refused. A missing
+    value in a row is NaN, which only a column of any type lets through."""
+    columns = ("messages", "prompt", *SAMPLING_FIELDS, "max_completion_tokens", *UNSUPPORTED_FIELDS)
     inputs = Schema(
         [
-            ColSpec(Array(message), "messages", required=False),
-            ColSpec("string", "prompt", required=False),
-            ColSpec(Array("string"), "stop", required=False),
-            *(ColSpec(dtype, name, required=False) for name, dtype in SAMPLING_TYPES.items()),
+            *(ColSpec(AnyType(), name, required=False) for name in columns),
+            # MLflow reads a JSON chat body as one row only when the schema has an object or array column.
+            ColSpec(Object([Property("include_usage", "boolean", required=False)]), "stream_options", required=False),
         ]
     )
-    params = ParamSchema([ParamSpec(name, dtype, None) for name, dtype in SAMPLING_TYPES.items()])
-    return ModelSignature(inputs=inputs, params=params)
+    params = ParamSchema(
+        [
+            *(ParamSpec(name, dtype, None) for name, dtype in PARAM_TYPES.items()),
+            ParamSpec("stop", "string", [], shape=(-1,)),
+        ]
+    )
+    # Outputs: an OpenAI chat.completion, the schema MLflow gives the transformers flavor's llm/v1/chat task.
+    return ModelSignature(inputs=inputs, outputs=CHAT_MODEL_OUTPUT_SCHEMA, params=params)
 
 
 def generation_model_config(generation: GenerationConfig, runtime: RuntimeConfig) -> dict[str, Any]:

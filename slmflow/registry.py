@@ -1,8 +1,19 @@
-"""Choosing, gating and registering the better flavor, with aliases instead of deprecated stages."""
+"""Choosing, gating and registering the better flavor, with aliases instead of deprecated stages.
+
+The aliases of a registered model (documented in the model's description and the README):
+- `champion`: the version in service, the latest candidate that passed every gate (or a rollback's target).
+- `challenger`: the latest registered candidate when it is not the champion, that is a version parked
+  after failing its gates (`register_on_gate_failure: true`); removed when a newer candidate is promoted.
+- `previous-champion`: the champion before the last move, what `rollback` moves `champion` back to.
+
+`python -m slmflow.registry rollback <name>` swaps `champion` and `previous-champion`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import argparse
+import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from mlflow.entities.model_registry import ModelVersion
@@ -11,9 +22,10 @@ from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.tracking import MlflowClient
 
 from slmflow.config import Gates, PipelineConfig, RegistryConfig, SelectionRule
-from slmflow.errors import GateFailedError, RegistryError
+from slmflow.errors import GateFailedError, RegistryError, RollbackError
 
-CHAMPION, CHALLENGER = "champion", "challenger"
+CHAMPION, CHALLENGER, PREVIOUS_CHAMPION = "champion", "challenger", "previous-champion"
+DECISION_TAG = "decision"  # what registration did with the version: promoted to champion, or parked
 METRIC_TAG_PREFIX = "metric."
 # Together these identify what was registered, the same from any checkout or machine: the source's
 # content, the config's content and the pipeline's code and pins. The same three again means nothing new.
@@ -37,6 +49,23 @@ def choose_candidate(candidates: Mapping[str, Candidate], rule: SelectionRule) -
         onnx is not None and onnx.metrics["accuracy"] >= best.metrics["accuracy"] - rule.onnx_accuracy_margin
     )
     return onnx if rule.rule == "prefer_onnx" and within_margin else best
+
+
+def explain_choice(candidates: Mapping[str, Candidate], rule: SelectionRule) -> str:
+    """Why `choose_candidate` picks what it picks, naming each candidate's accuracy and speed, for a person."""
+    chosen = choose_candidate(candidates, rule)
+    measured = "; ".join(
+        f"{c.flavor}: accuracy {c.metrics['accuracy']:.3f}, {c.metrics['tokens_per_second']:.1f} tokens/s"
+        for c in candidates.values()
+    )
+    best = max(candidates.values(), key=lambda c: (c.metrics["accuracy"], c.metrics["tokens_per_second"]))
+    if rule.rule == "prefer_onnx" and chosen.flavor == "onnx-chat" and best is not chosen:
+        why = f"the ONNX model is within the accuracy margin {rule.onnx_accuracy_margin:.2f} of {best.flavor}"
+    elif rule.rule == "prefer_onnx" and chosen.flavor == "onnx-chat":
+        why = "the ONNX model is preferred and is also the most accurate"
+    else:
+        why = "highest accuracy, ties broken by tokens/s"
+    return f"{chosen.flavor} chosen by rule {rule.rule}: {why} ({measured})."
 
 
 def gate_failures(metrics: Metrics, gates: Gates, champion: Metrics | None) -> list[str]:
@@ -81,15 +110,7 @@ class Registrar:
 
     def champion(self) -> ModelVersion | None:
         """The champion, or None when the model or the alias does not exist; any other failure is raised."""
-        name = self.config.model_name
-        try:
-            model = self.client.get_registered_model(name)
-            version = model.aliases.get(CHAMPION)
-            return None if version is None else self.client.get_model_version(name, str(version))
-        except MlflowException as error:
-            if error.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
-                return None
-            raise _registry_error(f"cannot read the champion of '{name}'", error) from error
+        return aliased_version(self.client, self.config.model_name, CHAMPION)
 
     @staticmethod
     def recorded_metrics(version: ModelVersion) -> dict[str, float]:
@@ -135,11 +156,16 @@ class Registrar:
             # A concurrent run registered the same identity first: keep its version, withdraw ours.
             self.client.delete_model_version(self.config.model_name, version.version)
             return RegistrationResult(first, created=False, promoted=False)
+        name = self.config.model_name
         if failures:
+            self.client.set_registered_model_alias(name, CHALLENGER, version.version)
             raise GateFailedError(self._refusal(candidate, failures, version, champion))
-        self.client.set_registered_model_alias(self.config.model_name, CHALLENGER, version.version)
-        self.client.set_registered_model_alias(self.config.model_name, CHAMPION, version.version)
-        return RegistrationResult(version, created=True, promoted=True)
+        self.client.set_registered_model_alias(name, CHAMPION, version.version)
+        if champion is not None and champion.version != version.version:
+            self.client.set_registered_model_alias(name, PREVIOUS_CHAMPION, champion.version)
+        if aliased_version(self.client, name, CHALLENGER) is not None:  # the latest candidate is the champion now
+            self.client.delete_registered_model_alias(name, CHALLENGER)
+        return RegistrationResult(self.client.get_model_version(name, version.version), created=True, promoted=True)
 
     def _create_version(self, candidate, identity, tags, description, failures) -> ModelVersion:
         import mlflow
@@ -147,9 +173,34 @@ class Registrar:
         all_tags = {**tags, **identity, "flavor": candidate.flavor}
         all_tags.update({METRIC_TAG_PREFIX + k: repr(float(v)) for k, v in candidate.metrics.items()})
         all_tags["gates"] = "failed: " + "; ".join(failures) if failures else "passed"
+        all_tags[DECISION_TAG] = "parked as challenger" if failures else "promoted to champion"
+        self._describe_registered_model()
         version = mlflow.register_model(candidate.model_uri, self.config.model_name, tags=all_tags)
-        self.client.update_model_version(self.config.model_name, version.version, description=description)
+        outcome = (
+            f"Gates failed: {'; '.join(failures)}. Parked as `{CHALLENGER}`; `{CHAMPION}` did not move."
+            if failures
+            else f"Gates passed ({gates_summary(self.config.gates)}). Promoted to `{CHAMPION}`."
+        )
+        self.client.update_model_version(
+            self.config.model_name, version.version, description=f"{description}\n\n{outcome}"
+        )
         return self.client.get_model_version(self.config.model_name, version.version)
+
+    def _describe_registered_model(self) -> None:
+        """The registered model's description (what it is, what its aliases mean) and its tags."""
+        name = self.config.model_name
+        try:
+            self.client.get_registered_model(name)
+        except MlflowException:
+            self.client.create_registered_model(name)
+        self.client.update_registered_model(name, description=registered_model_description(name))
+        for key, value in {
+            "task": "llm/v1/chat",
+            "selection_rule": self.config.selection.rule,
+            "gates": gates_summary(self.config.gates),
+            "aliases": f"{CHAMPION}, {CHALLENGER}, {PREVIOUS_CHAMPION}",
+        }.items():
+            self.client.set_registered_model_tag(name, key, value)
 
     def _refusal(
         self,
@@ -166,6 +217,88 @@ class Registrar:
             f"candidate {candidate.flavor} ({candidate.model_uri}) failed the gates of "
             f"'{self.config.model_name}': {'; '.join(failures)}. {parked}{kept}"
         )
+
+
+def gates_summary(gates: Gates) -> str:
+    parts = [f"min_accuracy {gates.min_accuracy:.2f}", f"min_tokens_per_second {gates.min_tokens_per_second:g}"]
+    parts.append(f"max_accuracy_regression {gates.max_accuracy_regression:.2f}")
+    if gates.max_latency_regression is not None:
+        parts.append(f"max_latency_regression {gates.max_latency_regression:.2f}")
+    return ", ".join(parts)
+
+
+def registered_model_description(name: str) -> str:
+    return (
+        f"Chat model (OpenAI chat request and response) registered by slmflow: each version is the better of the "
+        f"`onnx-chat` and `transformers-chat` flavors of one evaluated pipeline run, its metrics on the logged "
+        f"model and its choice explained in its description.\n\n"
+        f"Aliases:\n"
+        f"- `{CHAMPION}`: the version in service, the latest candidate that passed every gate.\n"
+        f"- `{CHALLENGER}`: the latest registered candidate when it is not the champion "
+        f"(a version parked after failing its gates).\n"
+        f"- `{PREVIOUS_CHAMPION}`: the champion before the last move.\n\n"
+        f"Serve `models:/{name}@{CHAMPION}`. Roll back with `python -m slmflow.registry rollback {name}`, "
+        f"which swaps `{CHAMPION}` and `{PREVIOUS_CHAMPION}`."
+    )
+
+
+def aliased_version(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
+    """The version behind an alias, or None when the model or the alias does not exist; any other failure is raised."""
+    try:
+        model = client.get_registered_model(name)
+        version = model.aliases.get(alias)
+        return None if version is None else client.get_model_version(name, str(version))
+    except MlflowException as error:
+        if error.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            return None
+        raise _registry_error(f"cannot read the {alias} of '{name}'", error) from error
+
+
+@dataclass(frozen=True)
+class Rollback:
+    name: str
+    from_version: str
+    to_version: str
+
+
+def rollback(name: str, client: MlflowClient | None = None) -> Rollback:
+    """Move `champion` back to `previous-champion`; the version rolled back from becomes `previous-champion`."""
+    client = client or MlflowClient()
+    try:
+        client.get_registered_model(name)
+    except MlflowException as error:
+        if error.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            raise RollbackError(f"no registered model named '{name}'") from None
+        raise _registry_error(f"cannot read '{name}'", error) from error
+    champion = aliased_version(client, name, CHAMPION)
+    previous = aliased_version(client, name, PREVIOUS_CHAMPION)
+    if champion is None:
+        raise RollbackError(f"'{name}' has no {CHAMPION}: nothing to roll back")
+    if previous is None:
+        raise RollbackError(f"'{name}' has no {PREVIOUS_CHAMPION}: version {champion.version} was the first champion")
+    client.set_registered_model_alias(name, CHAMPION, previous.version)
+    client.set_registered_model_alias(name, PREVIOUS_CHAMPION, champion.version)
+    client.set_model_version_tag(name, champion.version, DECISION_TAG, f"rolled back to version {previous.version}")
+    client.set_model_version_tag(name, previous.version, DECISION_TAG, "promoted to champion by rollback")
+    return Rollback(name, str(champion.version), str(previous.version))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`python -m slmflow.registry rollback <name>`, against MLFLOW_TRACKING_URI."""
+    parser = argparse.ArgumentParser(prog="python -m slmflow.registry", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    rollback_parser = commands.add_parser("rollback", help=f"move {CHAMPION} back to {PREVIOUS_CHAMPION}")
+    rollback_parser.add_argument("name", help="registered model name")
+    args = parser.parse_args(argv)
+    try:
+        done = rollback(args.name)
+    except (RollbackError, RegistryError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
+    print(
+        f"{done.name}: {CHAMPION} moved back from version {done.from_version} to version {done.to_version}; "
+        f"{PREVIOUS_CHAMPION} is now version {done.from_version}"
+    )
 
 
 def _registry_error(what: str, error: MlflowException) -> RegistryError:
@@ -187,12 +320,14 @@ def registration_tags(config: PipelineConfig, candidate: Candidate, evaluate_run
 
 
 def registration_description(
-    config: PipelineConfig, candidate: Candidate, source_revision: str, evaluate_run_id: str
+    config: PipelineConfig, candidates: Mapping[str, Candidate], source_revision: str, evaluate_run_id: str
 ) -> str:
+    """Where the version comes from and why it was chosen over the other flavor, with the numbers."""
+    chosen = choose_candidate(candidates, config.registry.selection)
     return (
-        f"{candidate.flavor} chat model from {_source_label(config)} at revision {source_revision}; "
-        f"accuracy {candidate.metrics['accuracy']:.3f}, {candidate.metrics['tokens_per_second']:.1f} tokens/s "
-        f"on {config.evaluation.eval_set.name} (evaluate run {evaluate_run_id})."
+        f"{chosen.flavor} chat model from {_source_label(config)} at revision {source_revision}, "
+        f"evaluated on {config.evaluation.eval_set.name} (evaluate run {evaluate_run_id}).\n\n"
+        + explain_choice(candidates, config.registry.selection)
     )
 
 
@@ -203,7 +338,7 @@ def _source_label(config: PipelineConfig) -> str:
 
 def candidates_from_evaluation(run) -> dict[str, Candidate]:
     """The evaluated models and their metrics, as the evaluate step logged them."""
-    from slmflow.evaluation import CANDIDATE_TAG_PREFIX
+    from slmflow.evaluation.logging import CANDIDATE_TAG_PREFIX
 
     candidates = {}
     for tag, model_uri in run.data.tags.items():
@@ -216,3 +351,7 @@ def candidates_from_evaluation(run) -> dict[str, Candidate]:
     if not candidates:
         raise GateFailedError(f"evaluate run {run.info.run_id} recorded no evaluated models")
     return candidates
+
+
+if __name__ == "__main__":
+    main()

@@ -168,7 +168,7 @@ def local_folder(
         raise SourceError(f"'{reference}' is neither a runs:/ artifact URI nor a pinned hub:org/name@commit reference")
     target = _handoff_path(reference, settings)
     if target.is_dir():
-        return target
+        return target.resolve()  # where a remembered folder really is: MLflow refuses to copy through links
     if target.is_symlink():
         target.unlink(missing_ok=True)  # it pointed into a cache that has been cleared since
     return build_once(target, marker, lambda output: _download_artifacts(reference, output))

@@ -1,6 +1,8 @@
 """Measure both logged chat models on the same eval set: quality and speed."""
 
-from slmflow.evaluation import evaluate_model, load_eval_set, log_reports
+from slmflow.evaluation.dataset import load_eval_set
+from slmflow.evaluation.logging import log_reports
+from slmflow.evaluation.runner import evaluate_model
 from slmflow.flavors import ONNX_MODEL_NAME, TRANSFORMERS_MODEL_NAME
 from slmflow.pipeline.contract import STEPS
 from slmflow.pipeline.step import run_step

@@ -1,20 +1,38 @@
 """Run the whole pipeline, each step a child run, reusing finished steps whose inputs did not change."""
 
+import sys
+
 import mlflow
 
-from slmflow.errors import ConfigError
+from slmflow.errors import ConfigError, StepFailedError
 from slmflow.pipeline.contract import STEPS
 from slmflow.pipeline.runner import run_pipeline
 from slmflow.pipeline.step import run_step
+from slmflow.summary import RUN_NAME_TAG, describe_experiment, pipeline_run_name, record_summary
 
 
 def main(args, config, settings) -> None:
     if args.use_cache not in ("true", "false"):
         raise ConfigError(f"use_cache: '{args.use_cache}' is neither 'true' nor 'false'")
-    summary = run_pipeline(config, args.config, use_cache=args.use_cache == "true", settings=settings)
     run = mlflow.active_run()
+    client = mlflow.MlflowClient()
+    title = pipeline_run_name(args.config)
+    mlflow.set_tag(RUN_NAME_TAG, title)
+    describe_experiment(client, run.info.experiment_id, args.config)
+    try:
+        summary = run_pipeline(config, args.config, use_cache=args.use_cache == "true", settings=settings)
+    except StepFailedError as error:
+        try:
+            record_summary(client, run.info.run_id, title, failure=str(error))
+        except Exception as note_error:  # the step's own failure is what the user must see
+            print(f"warning: no summary note on the pipeline run: {note_error}", file=sys.stderr)
+        raise
+    record_summary(
+        client, run.info.run_id, title, registered=(summary["registered_model"], summary["registered_version"])
+    )
+    experiment = client.get_experiment(run.info.experiment_id)
     print(
-        f"\npipeline finished: run {run.info.run_id} in experiment {run.info.experiment_id}\n"
+        f"\npipeline finished: run '{title}' ({run.info.run_id}) in experiment '{experiment.name}'\n"
         f"  registered: models:/{summary['registered_model']}/{summary['registered_version']} "
         f"(alias models:/{summary['registered_model']}@champion)\n"
         f"  onnx-chat: {summary['onnx_model_uri']}\n"

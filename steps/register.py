@@ -21,14 +21,15 @@ GIT_COMMIT_TAG = "mlflow.source.git.commit"
 def register(args, config, settings) -> None:
     client = mlflow.MlflowClient()
     evaluation = client.get_run(args.evaluate_run_id)
-    candidate = choose_candidate(candidates_from_evaluation(evaluation), config.registry.selection)
+    candidates = candidates_from_evaluation(evaluation)
+    candidate = choose_candidate(candidates, config.registry.selection)
     git_commit = client.get_run(mlflow.active_run().info.run_id).data.tags.get(GIT_COMMIT_TAG, "")
     mlflow.log_params({"candidate_flavor": candidate.flavor, "candidate_model_uri": candidate.model_uri})
     result = Registrar(config.registry, client).register(
         candidate,
         registration_identity(config, args.source_revision, pipeline_code_hash()),
         registration_tags(config, candidate, args.evaluate_run_id, git_commit),
-        registration_description(config, candidate, args.source_revision, args.evaluate_run_id),
+        registration_description(config, candidates, args.source_revision, args.evaluate_run_id),
     )
     mlflow.set_tags({"registered_created": str(result.created).lower(), "promoted": str(result.promoted).lower()})
     set_outputs(STEP, registered_model=config.registry.model_name, registered_version=result.version.version)

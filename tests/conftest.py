@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -102,6 +105,34 @@ def onnx_pyfunc(logged_models):
     return mlflow.pyfunc.load_model(logged_models["onnx-chat"])
 
 
+@pytest.fixture(scope="session")
+def tracking_server(tmp_path_factory):
+    """One PostgreSQL and one `mlflow server` (basic-auth, proxied artifacts) for the session.
+
+    Tests that need isolation use their own experiment or registered model name on it. The
+    credentials go to child processes through the environment, as a scheduled job's would.
+    """
+    from tests.tracking_server import Postgres, TrackingServer
+
+    folder = tmp_path_factory.mktemp("tracking-server")
+    postgres = Postgres.start(free_port())
+    try:
+        server = TrackingServer.start(
+            folder / "server",
+            backend_uri=postgres.create_database("mlflow"),
+            auth_uri=postgres.create_database("mlflow_auth"),
+            port=free_port(),
+            password=os.urandom(12).hex(),
+        )
+    except BaseException:
+        postgres.stop()
+        raise
+    os.environ.update(server.credentials)
+    yield server
+    server.stop()
+    postgres.stop()
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -123,3 +154,60 @@ def run_command(command: list[str], cwd: Path, timeout: float = 600, **env: str)
 
 def mlflow_cli() -> list[str]:
     return [sys.executable, "-m", "mlflow"]
+
+
+def http_status(url: str, timeout: float = 5) -> int:
+    """The status of a GET, or 0 while nothing answers."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return 0
+
+
+@contextlib.contextmanager
+def launched_server(command: list[str], ready_url: str, log_path: Path, timeout: float = 300, **env: str):
+    """A server started in the project folder, in its own process group, yielded once `ready_url` answers 200;
+    the whole group is killed after."""
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            command,
+            cwd=PROJECT_DIR,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, **env},
+        )
+        try:
+            deadline = time.monotonic() + timeout
+            while http_status(ready_url) != 200:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"{command[:4]} did not become ready; see {log_path}")
+                time.sleep(0.5)
+            yield process
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=20)
+            with contextlib.suppress(ProcessLookupError):  # whatever the group still holds
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """One local Spark session (2 cores, small memory) for every Spark test; stopped at the end."""
+    from slmflow.batch.spark import spark_session
+
+    session = spark_session(
+        "local[2]",
+        **{"spark.driver.memory": "1g", "spark.ui.enabled": "false", "spark.sql.shuffle.partitions": "2"},
+    )
+    yield session
+    session.stop()

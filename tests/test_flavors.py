@@ -22,12 +22,16 @@ def test_onnx_model_is_logged_from_code_with_pins_signature_and_example(logged_m
     assert (folder / "code" / "slmflow" / "onnx_chat.py").exists()
     assert len(list((folder / "artifacts").glob("*/genai_config.json"))) == 1
     inputs = {spec["name"] for spec in json.loads(mlmodel["signature"]["inputs"])}
-    assert {"messages", "prompt", "max_tokens", "temperature", "stop"} <= inputs
+    # Unsupported OpenAI fields are columns too, so they reach the model and are refused, not dropped.
+    assert {"messages", "prompt", "max_tokens", "temperature", "stop", "n", "tools", "stream"} <= inputs
     params = {spec["name"] for spec in json.loads(mlmodel["signature"]["params"])}
-    assert {"max_tokens", "temperature", "top_p", "top_k", "seed"} <= params
+    assert {"max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "min_tokens"} <= params
+    outputs = {spec["name"] for spec in json.loads(mlmodel["signature"]["outputs"])}
+    assert {"choices", "usage", "object"} <= outputs  # the version page shows the chat.completion shape
     assert (folder / "requirements.txt").read_text().split() == pinned_requirements(*ONNX_REQUIREMENTS)
     assert (folder / "serving_input_example.json").exists()
     assert pyfunc["config"]["max_new_tokens"] == 24 and pyfunc["config"]["intra_op_num_threads"] == 2
+    assert pyfunc["config"]["limits"]["max_rows"] == 64
 
 
 def test_transformers_model_is_an_llm_chat_pipeline_without_torchvision(logged_models):

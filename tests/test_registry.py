@@ -1,3 +1,5 @@
+import sys
+
 import mlflow
 import pytest
 from mlflow.exceptions import MlflowException
@@ -5,8 +7,18 @@ from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, PERMISSION_DENIED, RESO
 from mlflow.tracking import MlflowClient
 
 from slmflow.config import Gates, RegistryConfig, SelectionRule
-from slmflow.errors import GateFailedError, RegistryError
-from slmflow.registry import Candidate, Registrar, candidates_from_evaluation, choose_candidate, gate_failures
+from slmflow.errors import GateFailedError, RegistryError, RollbackError
+from slmflow.registry import (
+    Candidate,
+    Registrar,
+    aliased_version,
+    candidates_from_evaluation,
+    choose_candidate,
+    explain_choice,
+    gate_failures,
+    rollback,
+)
+from tests.conftest import PROJECT_DIR, run_command
 
 GOOD = {"accuracy": 0.95, "tokens_per_second": 300.0, "latency_p50_s": 0.05}
 
@@ -29,6 +41,19 @@ def test_prefer_onnx_within_margin_only():
     rule = SelectionRule(rule="prefer_onnx", onnx_accuracy_margin=0.05)
     assert choose_candidate(candidates(0.91, 0.95), rule).flavor == "onnx-chat"
     assert choose_candidate(candidates(0.80, 0.95), rule).flavor == "transformers-chat"
+
+
+def test_the_choice_is_explained_with_the_numbers():
+    rule = SelectionRule(rule="prefer_onnx", onnx_accuracy_margin=0.05)
+    assert explain_choice(candidates(0.91, 0.95), rule) == (
+        "onnx-chat chosen by rule prefer_onnx: the ONNX model is within the accuracy margin 0.05 of "
+        "transformers-chat (onnx-chat: accuracy 0.910, 300.0 tokens/s; transformers-chat: accuracy 0.950, "
+        "50.0 tokens/s)."
+    )
+    assert "the ONNX model is preferred and is also the most accurate" in explain_choice(candidates(1, 0.95), rule)
+    assert explain_choice(candidates(0.80, 0.95), rule).startswith(
+        "transformers-chat chosen by rule prefer_onnx: highest accuracy, ties broken by tokens/s"
+    )
 
 
 def test_gates_name_the_numbers():
@@ -76,12 +101,16 @@ def test_register_tags_describes_and_promotes(logged_uri):
     assert result.created and result.promoted
     client = MlflowClient()
     version = client.get_model_version("reg-test", result.version.version)
-    assert version.description == "why"
-    assert version.tags["flavor"] == "onnx-chat"
+    assert version.description.startswith("why\n\nGates passed (min_accuracy 0.80, ")
+    assert version.description.endswith("Promoted to `champion`.")
+    assert version.tags["flavor"] == "onnx-chat" and version.tags["decision"] == "promoted to champion"
     assert version.tags["source_revision"] == "r1" and version.tags["gates"] == "passed"
     assert float(version.tags["metric.accuracy"]) == GOOD["accuracy"]
     assert client.get_model_version_by_alias("reg-test", "champion").version == result.version.version
-    assert client.get_model_version_by_alias("reg-test", "challenger").version == result.version.version
+    assert aliased_version(client, "reg-test", "challenger") is None  # the latest candidate is the champion
+    model = client.get_registered_model("reg-test")
+    assert "`previous-champion`" in model.description and "rollback reg-test" in model.description
+    assert model.tags["task"] == "llm/v1/chat" and model.tags["selection_rule"] == "best_accuracy"
 
 
 def test_same_identity_registers_nothing_new(logged_uri):
@@ -120,7 +149,58 @@ def test_register_on_gate_failure_parks_the_version_without_promotion(logged_uri
     client = MlflowClient()
     [version] = client.search_model_versions("name = 'reg-test'")
     assert version.tags["gates"].startswith("failed: accuracy 0.950 < min_accuracy 0.990")
+    assert version.tags["decision"] == "parked as challenger"
+    assert "Parked as `challenger`; `champion` did not move." in version.description
     assert Registrar(config).champion() is None
+    assert client.get_model_version_by_alias("reg-test", "challenger").version == version.version
+
+
+def aliases(client: MlflowClient) -> dict[str, str]:
+    return {alias: str(number) for alias, number in client.get_registered_model("reg-test").aliases.items()}
+
+
+def test_aliases_follow_the_documented_rule(logged_uri):
+    """champion: latest passing; challenger: latest candidate when not champion; previous-champion: the one before."""
+    client = MlflowClient()
+    parking = Registrar(
+        RegistryConfig(model_name="reg-test", gates=Gates(min_accuracy=0.9), register_on_gate_failure=True)
+    )
+    parking.register(Candidate("onnx-chat", logged_uri, GOOD), identity("r1"), {}, "d")
+    assert aliases(client) == {"champion": "1"}
+    parking.register(Candidate("onnx-chat", logged_uri, GOOD), identity("r2"), {}, "d")
+    assert aliases(client) == {"champion": "2", "previous-champion": "1"}
+    with pytest.raises(GateFailedError):
+        parking.register(Candidate("onnx-chat", logged_uri, {**GOOD, "accuracy": 0.5}), identity("r3"), {}, "d")
+    assert aliases(client) == {"champion": "2", "previous-champion": "1", "challenger": "3"}
+    parking.register(Candidate("onnx-chat", logged_uri, GOOD), identity("r4"), {}, "d")
+    assert aliases(client) == {"champion": "4", "previous-champion": "2"}
+
+
+def test_rollback_swaps_champion_and_previous_champion(logged_uri):
+    client = MlflowClient()
+    registrar().register(Candidate("onnx-chat", logged_uri, GOOD), identity("r1"), {}, "d")
+    with pytest.raises(RollbackError, match="has no previous-champion: version 1 was the first champion"):
+        rollback("reg-test")
+    registrar().register(Candidate("onnx-chat", logged_uri, GOOD), identity("r2"), {}, "d")
+    done = rollback("reg-test")
+    assert (done.from_version, done.to_version) == ("2", "1")
+    assert aliases(client) == {"champion": "1", "previous-champion": "2"}
+    assert client.get_model_version("reg-test", "2").tags["decision"] == "rolled back to version 1"
+    rollback("reg-test")  # a second rollback undoes the first
+    assert aliases(client) == {"champion": "2", "previous-champion": "1"}
+
+
+def test_rollback_is_one_command(logged_uri, tracking_store):
+    registrar().register(Candidate("onnx-chat", logged_uri, GOOD), identity("r1"), {}, "d")
+    registrar().register(Candidate("onnx-chat", logged_uri, GOOD), identity("r2"), {}, "d")
+    command = [sys.executable, "-m", "slmflow.registry", "rollback"]
+    done = run_command([*command, "reg-test"], cwd=PROJECT_DIR, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "reg-test: champion moved back from version 2 to version 1" in done.stdout
+    assert aliases(MlflowClient()) == {"champion": "1", "previous-champion": "2"}
+    missing = run_command([*command, "no-such-model"], cwd=PROJECT_DIR, timeout=120)
+    assert missing.returncode == 1
+    assert "error: no registered model named 'no-such-model'" in missing.stderr
 
 
 def test_candidates_are_read_from_the_evaluate_run(tracking_store):
@@ -170,3 +250,10 @@ def test_only_does_not_exist_means_none(tracking_store):
     assert registrar.champion() is None
     assert registrar.find_registered(identity()) is None
     assert Registrar(RegistryConfig(model_name="x"), FailingRegistry(RESOURCE_DOES_NOT_EXIST)).champion() is None
+
+
+def test_rollback_names_a_registry_that_cannot_answer(tracking_store):
+    with pytest.raises(RegistryError, match="cannot read 'reg-test': .*database is unavailable"):
+        rollback("reg-test", FailingRegistry(INTERNAL_ERROR))
+    with pytest.raises(RollbackError, match="no registered model named 'reg-test'"):
+        rollback("reg-test")

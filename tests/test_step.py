@@ -75,3 +75,14 @@ def test_set_outputs_records_declared_outputs_and_refuses_others(tracking_store)
     assert (tags["slmflow.output.answer"], tags["slmflow.content.answer"]) == ("runs:/x/answer", "sha")
     with pytest.raises(ValueError, match="declares no output onnx_dir"):
         set_outputs(TEST_STEP, onnx_dir="/tmp/onnx")
+
+
+def test_a_step_records_the_cache_key_main_handed_it_as_it_starts(tracking_store, monkeypatch):
+    monkeypatch.setenv("SLMFLOW_STEP_CACHE_KEY", "k" * 64)
+    seen = {}
+
+    def body(args, config, settings):
+        seen["key"] = MlflowClient().get_run(mlflow.active_run().info.run_id).data.tags.get("slmflow.cache_key")
+
+    run_step(TEST_STEP, body, argv=TINY)
+    assert seen["key"] == "k" * 64

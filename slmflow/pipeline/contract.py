@@ -29,6 +29,8 @@ class Parameter:
         return "--" + self.name.replace("_", "-")
 
 
+GENERATION_FIELDS = ("max_tokens", "temperature", "top_p", "top_k", "seed")
+
 CONFIG = Parameter("config", "pipeline config YAML, relative to the project root", DEFAULT_CONFIG)
 
 
@@ -120,6 +122,21 @@ STEPS: dict[str, StepContract] = {
             ),
             outputs=("registered_model", "registered_version"),
             sections=("registry", "source", "evaluation"),
+        ),
+        StepContract(
+            "batch_score",
+            "Score a table of chat requests (JSON Lines or Parquet) with a chat model on Spark into Parquet.",
+            (
+                Parameter("model_uri", "models:/ or runs:/ URI of a chat model (onnx-chat)"),
+                Parameter("input", "JSON Lines (.jsonl) or Parquet (.parquet or a folder) of requests, one a row"),
+                Parameter("output", "Parquet folder to create: the rows with answer, finish_reason, usage, error"),
+                Parameter("spark_master", "any Spark master URL: local[N], spark://, yarn, k8s://", "local[2]"),
+                Parameter("batch_size", "rows per predict call (Arrow batch) in a Spark worker", "8"),
+                # Generation defaults: "" leaves a field to the model's own default; a row's own value wins.
+                *(Parameter(name, f"default {name} for rows without one", "") for name in GENERATION_FIELDS),
+            ),
+            outputs=("batch_output",),
+            in_pipeline=False,
         ),
     )
 }

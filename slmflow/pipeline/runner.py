@@ -11,22 +11,29 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
-from mlflow.entities import Run, RunStatus
+from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from slmflow.config import PipelineConfig, Settings
 from slmflow.errors import StepFailedError
 from slmflow.pipeline.contract import STEPS, StepContract
-from slmflow.pipeline.step import CONTENT_TAG_PREFIX, ERROR_TAG, OUTPUT_TAG_PREFIX, set_outputs
+from slmflow.pipeline.step import (
+    CACHE_KEY_ENV,
+    CACHE_KEY_TAG,
+    CONTENT_TAG_PREFIX,
+    ERROR_TAG,
+    OUTPUT_TAG_PREFIX,
+    set_outputs,
+)
 from slmflow.sources import resolve_revision
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
-CACHE_KEY_TAG = "slmflow.cache_key"
 SOURCE_REVISION_TAG = "slmflow.source_revision"
 PROJECT_ENV_TAG = "mlflow.project.env"
 # The pinned environment: a changed pin redoes every step.
@@ -130,25 +137,34 @@ class StepRunner:
         return runs[0] if runs else None
 
     def _launch(self, entry_point: str, parameters: dict[str, str], key: str) -> Run:
-        submitted = mlflow.projects.run(
-            uri=self.project_uri,
-            entry_point=entry_point,
-            parameters=parameters,
-            env_manager=self.env_manager,  # nested runs do not inherit the caller's env manager
-            experiment_id=self.experiment_id,
-            synchronous=False,
-        )
-        # Tagged at once, so a step whose parent dies can still be told apart; only FINISHED ones are reused.
-        self.client.set_tag(submitted.run_id, CACHE_KEY_TAG, key)
-        if not submitted.wait():
-            if self.client.get_run(submitted.run_id).info.status == "RUNNING":
-                self.client.set_terminated(submitted.run_id, RunStatus.to_string(RunStatus.FAILED))
-            raise StepFailedError(self._failure_message(entry_point, submitted.run_id))
+        # The child tags itself with the key as it starts: a step killed with its job stays RUNNING
+        # under that key, and only FINISHED runs are reused.
+        os.environ[CACHE_KEY_ENV] = key
+        try:
+            submitted = mlflow.projects.run(
+                uri=self.project_uri,
+                entry_point=entry_point,
+                parameters=parameters,
+                env_manager=self.env_manager,  # nested runs do not inherit the caller's env manager
+                experiment_id=self.experiment_id,
+                synchronous=True,  # in this process group: a job killed as a whole takes its steps with it
+            )
+        except mlflow.exceptions.ExecutionException as error:
+            raise StepFailedError(self._failure_message(entry_point, error)) from None
+        finally:
+            del os.environ[CACHE_KEY_ENV]
         return self.client.get_run(submitted.run_id)
 
-    def _failure_message(self, entry_point: str, run_id: str) -> str:
-        cause = self.client.get_run(run_id).data.tags.get(ERROR_TAG)
-        return f"step '{entry_point}' failed: {cause or f'run {run_id} failed'}"
+    def _failure_message(self, entry_point: str, error: Exception) -> str:
+        children = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`mlflow.parentRunId` = '{self.parent.info.run_id}' "
+            f"and tags.`mlflow.project.entryPoint` = '{entry_point}'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        cause = children[0].data.tags.get(ERROR_TAG) if children else None
+        return f"step '{entry_point}' failed: {cause or error}"
 
     def _record(self, entry_point: str, result: StepResult) -> None:
         run_id = self.parent.info.run_id

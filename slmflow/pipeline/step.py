@@ -14,7 +14,11 @@ from slmflow.errors import PipelineError
 from slmflow.pipeline.contract import StepContract
 
 ERROR_TAG = "slmflow.error"
+ENTRY_POINT_TAG = "mlflow.project.entryPoint"
 CONFIG_HASH_TAG = "slmflow.config_hash"
+CACHE_KEY_TAG = "slmflow.cache_key"
+# `main` hands each child step its cache key through the environment; the step records it as it starts.
+CACHE_KEY_ENV = "SLMFLOW_STEP_CACHE_KEY"
 OUTPUT_TAG_PREFIX = "slmflow.output."
 # What an output is, for cache keys downstream: a content digest where the output's name (a URI) is not one.
 CONTENT_TAG_PREFIX = "slmflow.content."
@@ -28,6 +32,11 @@ def run_step(step: StepContract, body: StepBody, argv: Sequence[str] | None = No
     import mlflow
 
     with mlflow.start_run() as run:
+        if os.environ.get(CACHE_KEY_ENV):
+            mlflow.set_tag(CACHE_KEY_TAG, os.environ[CACHE_KEY_ENV])
+        entry_point = run.data.tags.get(ENTRY_POINT_TAG)
+        if entry_point:  # a step run is named after its entry point instead of a random name
+            mlflow.set_tag("mlflow.runName", entry_point)
         try:
             config = load_config(args.config)
             if needs_no_network(config):

@@ -1,0 +1,103 @@
+"""Scoring answers and summarising a model's measurements; pure functions, no model and no MLflow."""
+
+from __future__ import annotations
+
+import re
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from slmflow.chat import answer_text, single_prediction
+from slmflow.evaluation.dataset import EvalExample
+
+
+def normalize(text: str) -> str:
+    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+
+
+def exact_match(prediction: str, reference: str) -> bool:
+    return normalize(prediction) == normalize(reference)
+
+
+def contains_answer(prediction: str, answer: str) -> bool:
+    return f" {normalize(answer)} " in f" {normalize(prediction)} "
+
+
+def rouge_l(prediction: str, reference: str) -> float:
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False).score(reference, prediction)["rougeL"].fmeasure
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    """Linear-interpolated percentile, as numpy's default."""
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * fraction
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+@dataclass
+class ExampleResult:
+    answer: str
+    latency_s: float
+    completion_tokens: int
+    correct: bool
+    exact: bool
+    rouge_l: float
+
+
+@dataclass
+class ModelReport:
+    name: str
+    model_uri: str
+    load_seconds: float
+    peak_rss_mb: float
+    size_mb: float
+    results: list[ExampleResult]
+    ttft_s: list[float] = field(default_factory=list)
+
+    def metrics(self) -> dict[str, float]:
+        latencies = [r.latency_s for r in self.results]
+        tokens = sum(r.completion_tokens for r in self.results)
+        metrics = {
+            "accuracy": statistics.fmean(r.correct for r in self.results),
+            "exact_match": statistics.fmean(r.exact for r in self.results),
+            "rouge_l": statistics.fmean(r.rouge_l for r in self.results),
+            "latency_p50_s": percentile(latencies, 0.5),
+            "latency_p95_s": percentile(latencies, 0.95),
+            "tokens_per_second": tokens / sum(latencies) if sum(latencies) else 0.0,
+            "completion_tokens": float(tokens),
+            "load_seconds": self.load_seconds,
+            "peak_rss_mb": self.peak_rss_mb,
+            "size_mb": self.size_mb,
+        }
+        if self.ttft_s:
+            metrics["ttft_p50_s"] = percentile(self.ttft_s, 0.5)
+        return metrics
+
+
+def completion_tokens(prediction: Any) -> int:
+    prediction = single_prediction(prediction)
+    if isinstance(prediction, dict):
+        return int(prediction.get("usage", {}).get("completion_tokens", 0))
+    return 0
+
+
+def score_example(example: EvalExample, prediction: Any, latency_s: float) -> ExampleResult:
+    text = answer_text(prediction)
+    return ExampleResult(
+        answer=text,
+        latency_s=latency_s,
+        completion_tokens=completion_tokens(prediction),
+        correct=contains_answer(text, example.answer),
+        exact=exact_match(text, example.reference),
+        rouge_l=rouge_l(text, example.reference),
+    )
+
+
+def agreement_rate(first: ModelReport, second: ModelReport) -> float:
+    pairs = zip(first.results, second.results, strict=True)
+    return statistics.fmean(normalize(a.answer) == normalize(b.answer) for a, b in pairs)
