@@ -1,10 +1,10 @@
 """This project's OpenAI-compatible server against `mlflow models serve`, on the same logged onnx-chat model.
 
-Both servers run as real processes on loopback, each in its own process group, one at a time
-(the other is stopped, so it takes no memory bandwidth). Each is sent the same chat requests at 1,
-4 and 16 concurrent clients; every request generates exactly `new_tokens` tokens (`min_tokens` =
-`max_tokens`), so both do the same work. Rounds alternate which server goes first; ratios are
-medians of the per-round ratios (the machine is shared and noisy). Time to first token is
+Both servers run as real processes on loopback, each in its own process group, both up at once
+(an idle server takes no CPU). Each is sent the same chat requests at 1, 4 and 16 concurrent
+clients, the two servers back to back at each level, alternating which goes first; every request
+generates exactly `new_tokens` tokens (`min_tokens` = `max_tokens`), so both do the same work.
+Ratios are medians of the back-to-back ratios (the machine is shared and noisy). Time to first token is
 measured on our server with `stream: true`; `mlflow models serve` cannot stream, so its first
 token arrives with its whole answer.
 
@@ -14,6 +14,7 @@ token arrives with its whole answer.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -252,19 +253,23 @@ def measure(name: str, source: str, new_tokens: int, rounds: int, store: Path, l
     samples: dict[str, dict[int, list[dict]]] = {}
     ttft: dict[int, list[float]] = {clients: [] for clients in (1, 16)}
     servers = targets(model_uri)
-    for round_number in range(rounds):
-        order = servers if round_number % 2 == 0 else list(reversed(servers))
-        for target in order:
-            log = logs / f"{name}-{target.port}-{round_number}.log"
-            with launched_server(target.command, target.base + target.ready, log, MLFLOW_TRACKING_URI=tracking_uri):
-                load_round(target, 1, new_tokens)  # warm up
-                for clients in CLIENTS:
+    with contextlib.ExitStack() as running:
+        for target in servers:  # both up at once: an idle server takes no CPU and no memory bandwidth
+            log = logs / f"{name}-{target.port}.log"
+            running.enter_context(
+                launched_server(target.command, target.base + target.ready, log, MLFLOW_TRACKING_URI=tracking_uri)
+            )
+            load_round(target, 1, new_tokens)  # warm up
+        for round_number in range(rounds):
+            for level, clients in enumerate(CLIENTS):
+                # Back to back, alternating which goes first: the load of a shared machine drifts over minutes.
+                order = servers if (round_number + level) % 2 == 0 else list(reversed(servers))
+                for target in order:
                     result = load_round(target, clients, new_tokens)
                     samples.setdefault(target.name, {}).setdefault(clients, []).append(result)
                     print(name, round_number, target.name, clients, json.dumps(result), flush=True)
-                if target.name == "slmflow.serve":
-                    for clients in ttft:
-                        ttft[clients].append(streaming_ttft(target, clients, new_tokens))
+            for clients in ttft:
+                ttft[clients].append(streaming_ttft(servers[0], clients, new_tokens))
     ours, theirs = samples["slmflow.serve"], samples["mlflow models serve"]
     levels = {}
     for clients in CLIENTS:

@@ -43,30 +43,23 @@ def served_name(model_uri: str, fallback: str) -> str:
 def load_served_model(model_uri: str) -> ServedModel:
     """Load the model once, from any MLflow model URI, and pick its engine by flavor."""
     pyfunc = mlflow.pyfunc.load_model(model_uri)
-    created = int(time.time())
     if "transformers" in pyfunc.metadata.flavors:
-        engine = PredictEngine(pyfunc)
-        return ServedModel(
-            name=served_name(model_uri, "transformers-chat"),
-            flavor="transformers-chat",
-            engine=engine,
-            defaults=engine.defaults,
-            context_length=engine.context_length,
-            streams_tokens=False,
-            created=created,
-        )
-    python_model = pyfunc.unwrap_python_model()
-    engine = getattr(python_model, "engine", None)
-    if not isinstance(engine, OnnxChatEngine):
-        raise ValueError(f"{model_uri} is neither an onnx-chat nor a transformers-chat model")
+        flavor, engine = "transformers-chat", PredictEngine(pyfunc)
+        defaults = engine.defaults
+    else:
+        python_model = pyfunc.unwrap_python_model()
+        flavor, engine = "onnx-chat", getattr(python_model, "engine", None)
+        if not isinstance(engine, OnnxChatEngine):
+            raise ValueError(f"{model_uri} is neither an onnx-chat nor a transformers-chat model")
+        defaults = python_model.defaults
     return ServedModel(
-        name=served_name(model_uri, "onnx-chat"),
-        flavor="onnx-chat",
+        name=served_name(model_uri, flavor),
+        flavor=flavor,
         engine=engine,
-        defaults=python_model.defaults,
+        defaults=defaults,
         context_length=engine.context_length,
-        streams_tokens=True,
-        created=created,
+        streams_tokens=flavor == "onnx-chat",
+        created=int(time.time()),
     )
 
 
