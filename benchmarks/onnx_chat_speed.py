@@ -9,14 +9,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
-import statistics
 import tempfile
 import time
 from functools import partial
 from pathlib import Path
 
+from benchmarks.measure import (
+    decode_tokens_per_second,
+    median,
+    paired_ratio,
+    plain_loop,
+    pyfunc_batch,
+    pyfunc_single,
+    pyfunc_ttft,
+    read_bandwidth_gb_s,
+    run_in_fresh_process,
+    tokens_per_second,
+    weight_bytes,
+)
 from benchmarks.report import write_report
 from slmflow.evaluation.metrics import completion_tokens
 from slmflow.evaluation.runner import peak_rss_mb
@@ -30,71 +41,8 @@ def messages(country: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": f"What is the capital of {country}?"}]
 
 
-def median(values: list[float]) -> float:
-    return statistics.median(values)
-
-
-# The plain onnxruntime-genai loop: the reference the pyfunc model is held to.
-
-
-def plain_loop(model, tokenizer, prompts: list[str], new_tokens: int) -> dict[str, float]:
-    import onnxruntime_genai as og
-
-    started = time.perf_counter()
-    if len(prompts) == 1:
-        tokens = tokenizer.encode(prompts[0])
-        prompt_length = len(tokens)
-    else:
-        tokens = tokenizer.encode_batch(prompts)
-        prompt_length = max(len(tokenizer.encode(p)) for p in prompts)
-    params = og.GeneratorParams(model)
-    total = prompt_length + new_tokens
-    params.set_search_options(max_length=total, min_length=total, batch_size=len(prompts), do_sample=False)
-    generator = og.Generator(model, params)
-    generator.append_tokens(tokens)
-    first = None
-    generated = 0
-    while not generator.is_done():
-        generator.generate_next_token()
-        generator.get_next_tokens()
-        generated += 1
-        if first is None:
-            first = time.perf_counter() - started
-    for row in range(len(prompts)):
-        tokenizer.decode(generator.get_sequence(row)[prompt_length:])
-    elapsed = time.perf_counter() - started
-    return {"seconds": elapsed, "tokens": generated * len(prompts), "ttft": first}
-
-
-def pyfunc_single(pyfunc, country: str, new_tokens: int) -> dict[str, float]:
-    request = {"messages": messages(country), "max_tokens": new_tokens, "min_tokens": new_tokens}
-    started = time.perf_counter()
-    [out] = pyfunc.predict(request)
-    elapsed = time.perf_counter() - started
-    return {"seconds": elapsed, "tokens": out["usage"]["completion_tokens"]}
-
-
-def pyfunc_ttft(pyfunc, country: str, new_tokens: int) -> float:
-    request = {"messages": messages(country), "max_tokens": new_tokens, "min_tokens": new_tokens}
-    started = time.perf_counter()
-    for chunk in pyfunc.predict_stream(request):
-        if chunk["choices"][0]["delta"].get("content"):
-            return time.perf_counter() - started
-    raise RuntimeError("no content streamed")
-
-
-def pyfunc_batch(pyfunc, countries: list[str], new_tokens: int) -> dict[str, float]:
-    import pandas as pd
-
-    frame = pd.DataFrame({"messages": [messages(c) for c in countries]})
-    started = time.perf_counter()
-    outs = pyfunc.predict(frame, params={"max_tokens": new_tokens, "min_tokens": new_tokens})
-    elapsed = time.perf_counter() - started
-    return {"seconds": elapsed, "tokens": sum(o["usage"]["completion_tokens"] for o in outs)}
-
-
 def pyfunc_sequential(pyfunc, countries: list[str], new_tokens: int) -> dict[str, float]:
-    runs = [pyfunc_single(pyfunc, c, new_tokens) for c in countries]
+    runs = [pyfunc_single(pyfunc, messages(c), new_tokens) for c in countries]
     return {"seconds": sum(r["seconds"] for r in runs), "tokens": sum(r["tokens"] for r in runs)}
 
 
@@ -107,43 +55,9 @@ def predict_sequential(pyfunc, countries: list[str], new_tokens: int) -> dict[st
     return {"seconds": time.perf_counter() - started, "tokens": tokens}
 
 
-def tokens_per_second(runs: list[dict[str, float]]) -> float:
-    return median([r["tokens"] / r["seconds"] for r in runs])
-
-
-def paired_ratio(numerators: list[dict[str, float]], denominators: list[dict[str, float]]) -> float:
-    """Median of the ratios of runs made back to back: drift of a shared machine cancels out."""
-    return median(
-        [
-            (a["tokens"] / a["seconds"]) / (b["tokens"] / b["seconds"])
-            for a, b in zip(numerators, denominators, strict=True)
-        ]
-    )
-
-
-def read_bandwidth_gb_s(repeats: int = 7) -> float:
-    """Sequential read bandwidth of this machine: sum over a 512 MiB array, median of repeats."""
-    import numpy as np
-
-    data = np.ones(64 * 2**20, dtype=np.float64)
-    data.sum()
-    timings = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        data.sum()
-        timings.append(time.perf_counter() - started)
-    return data.nbytes / median(timings) / 1e9
-
-
-def weight_bytes(onnx_dir: Path) -> int:
-    return sum(p.stat().st_size for p in onnx_dir.iterdir() if p.suffix in {".onnx", ".data"})
-
-
 def one_request_peak_rss_mb(kind: str, target: str, new_tokens: int) -> float:
     """Peak RSS of a fresh process that loads one model and answers one request."""
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(1) as pool:
-        return pool.apply(_one_request_rss, (kind, target, new_tokens))
+    return run_in_fresh_process(_one_request_rss, kind, target, new_tokens)
 
 
 def _one_request_rss(kind: str, target: str, new_tokens: int) -> float:
@@ -157,7 +71,7 @@ def _one_request_rss(kind: str, target: str, new_tokens: int) -> float:
     else:
         import mlflow
 
-        pyfunc_single(mlflow.pyfunc.load_model(target), "Spain", new_tokens)
+        pyfunc_single(mlflow.pyfunc.load_model(target), messages("Spain"), new_tokens)
     return peak_rss_mb()
 
 
@@ -183,17 +97,17 @@ def measure(name: str, source: str, new_tokens: int, repeats: int, store: Path) 
 
     # Warm up every path once, then interleave the repeats so drift hits all of them alike.
     plain_loop(model, tokenizer, prompts[:1], new_tokens)
-    pyfunc_single(pyfunc, COUNTRIES[0], new_tokens)
+    pyfunc_single(pyfunc, messages(COUNTRIES[0]), new_tokens)
     samples: dict[str, list] = {k: [] for k in ("plain1", "pyfunc1", "plain8", "pyfunc8", "seq8", "ttft")}
     for repeat in range(repeats):
         country, prompt = COUNTRIES[repeat % len(COUNTRIES)], prompts[repeat % len(prompts)]
         runs = {
             "plain1": partial(plain_loop, model, tokenizer, [prompt], new_tokens),
-            "pyfunc1": partial(pyfunc_single, pyfunc, country, new_tokens),
+            "pyfunc1": partial(pyfunc_single, pyfunc, messages(country), new_tokens),
             "plain8": partial(plain_loop, model, tokenizer, prompts, new_tokens),
-            "pyfunc8": partial(pyfunc_batch, pyfunc, COUNTRIES, new_tokens),
+            "pyfunc8": partial(pyfunc_batch, pyfunc, [messages(c) for c in COUNTRIES], new_tokens),
             "seq8": partial(pyfunc_sequential, pyfunc, COUNTRIES, new_tokens),
-            "ttft": partial(pyfunc_ttft, pyfunc, country, new_tokens),
+            "ttft": partial(pyfunc_ttft, pyfunc, messages(country), new_tokens),
         }
         # Alternate the order so that whatever runs just before (a session's spinning threads,
         # a warm cache) favours neither side; let idle thread pools settle between runs.
@@ -214,7 +128,7 @@ def measure(name: str, source: str, new_tokens: int, repeats: int, store: Path) 
     plain1, pyfunc1 = tokens_per_second(samples["plain1"]), tokens_per_second(samples["pyfunc1"])
     plain8, pyfunc8, seq8 = (tokens_per_second(samples[k]) for k in ("plain8", "pyfunc8", "seq8"))
     plain_ttft = median([r["ttft"] for r in samples["plain1"]])
-    decode = median([(new_tokens - 1) / (r["seconds"] - r["ttft"]) for r in samples["plain1"]])
+    decode = median([decode_tokens_per_second(r) for r in samples["plain1"]])
     bandwidth = read_bandwidth_gb_s()
     weights = weight_bytes(fetched.onnx_dir)
     bound = bandwidth * 1e9 / weights

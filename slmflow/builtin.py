@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from slmflow.cache import build_once
@@ -57,6 +57,10 @@ class BuiltinSpec:
     seed: int = 0
     learning_rate: float = 3e-3
     batch_size: int = 48
+    # Random words added to the tokenizer's training text, so a large vocabulary is all real tokens.
+    filler_words: int = 0
+    # The checkpoint's dtype: float16 halves a large model's build memory and disk.
+    torch_dtype: str = "float32"
 
 
 BUILTIN_MODELS: dict[str, BuiltinSpec] = {
@@ -72,6 +76,20 @@ BUILTIN_MODELS: dict[str, BuiltinSpec] = {
         num_attention_heads=16,
         max_position_embeddings=2048,
     ),
+    # Phi-3-mini-4k-instruct's shape (3.8B parameters) with random weights, for
+    # `python -m benchmarks.real_shape`; it may be built with fewer layers (`with_layers`).
+    "bench-phi3-mini-shape": BuiltinSpec(
+        name="bench-phi3-mini-shape",
+        train_steps=0,
+        hidden_size=3072,
+        intermediate_size=8192,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        vocab_size=32064,
+        max_position_embeddings=4096,
+        filler_words=400_000,
+        torch_dtype="float16",
+    ),
 }
 
 
@@ -80,6 +98,15 @@ def builtin_spec(name: str) -> BuiltinSpec:
         known = ", ".join(sorted(BUILTIN_MODELS))
         raise UnknownBuiltinModelError(f"unknown builtin model 'builtin:{name}' (known: {known})")
     return BUILTIN_MODELS[name]
+
+
+def with_layers(spec: BuiltinSpec, layers: int) -> BuiltinSpec:
+    """The same recipe with fewer (or more) decoder layers, under its own name and cache entry."""
+    if layers < 1:
+        raise ValueError(f"a model needs at least one layer, got {layers}")
+    if layers == spec.num_hidden_layers:
+        return spec
+    return replace(spec, name=f"{spec.name}-{layers}l", num_hidden_layers=layers)
 
 
 def capital_pairs() -> list[tuple[str, str]]:
@@ -122,9 +149,22 @@ def spec_fingerprint(spec: BuiltinSpec) -> str:
 
 def ensure_builtin_model(name: str, cache_root: Path) -> Path:
     """Return the folder of a builtin model, building it once per recipe into the cache."""
-    spec = builtin_spec(name)
+    return ensure_builtin_spec(builtin_spec(name), cache_root)
+
+
+def ensure_builtin_spec(spec: BuiltinSpec, cache_root: Path) -> Path:
     target = cache_root / "builtin" / f"{spec.name}-{spec_fingerprint(spec)}"
     return build_once(target, "config.json", lambda output: build_builtin_model(spec, output))
+
+
+def filler_text(words: int, seed: int) -> list[str]:
+    """Deterministic random lower-case words, a line of 64 each: enough distinct pairs to fill a vocabulary."""
+    import random
+
+    rng = random.Random(seed)
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    drawn = ["".join(rng.choice(letters) for _ in range(rng.randint(2, 9))) for _ in range(words)]
+    return [" ".join(drawn[start : start + 64]) for start in range(0, len(drawn), 64)]
 
 
 def _train_tokenizer(spec: BuiltinSpec):
@@ -140,7 +180,7 @@ def _train_tokenizer(spec: BuiltinSpec):
         show_progress=False,
     )
     texts = [render_chat(c, add_generation_prompt=False) for c in training_conversations()]
-    tokenizer.train_from_iterator(texts, trainer=trainer)
+    tokenizer.train_from_iterator(texts + filler_text(spec.filler_words, spec.seed), trainer=trainer)
     return tokenizer
 
 
@@ -177,7 +217,7 @@ def build_builtin_model(spec: BuiltinSpec, out_dir: Path) -> None:
             pad_token_id=pad_id,
             tie_word_embeddings=False,
         )
-        model = Phi3ForCausalLM(config)
+        model = Phi3ForCausalLM._from_config(config, dtype=getattr(torch, spec.torch_dtype))
         if spec.train_steps:
             _train(model, tokenizer, spec)
         model.eval()

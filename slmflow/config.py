@@ -41,7 +41,7 @@ class BuilderOptions(_Section):
 
     precision: Literal["int4", "fp32", "fp16"] = "int4"
     execution_provider: Literal["cpu"] = "cpu"
-    block_size: int = Field(32, ge=16)
+    block_size: int = Field(128, ge=16)
     accuracy_level: int = Field(4, ge=0, le=4)
 
 

@@ -52,7 +52,9 @@ def tiny_config():
 def tiny_onnx(tiny_checkpoint, cache_dir, tiny_config) -> Path:
     from slmflow.onnx_build import build_onnx
 
-    return build_onnx(tiny_checkpoint, cache_dir / "onnx" / "tests-tiny-int4", tiny_config.source.builder)
+    builder = tiny_config.source.builder
+    target = cache_dir / "onnx" / f"tests-tiny-int4-b{builder.block_size}-a{builder.accuracy_level}"
+    return build_onnx(tiny_checkpoint, target, builder)
 
 
 @pytest.fixture(scope="session")

@@ -1,15 +1,20 @@
 import json
+from dataclasses import replace
 
 import pytest
 
 from slmflow.builtin import (
     BUILTIN_MODELS,
     PHI3_CHAT_TEMPLATE,
+    _train_tokenizer,
     build_builtin_model,
     builtin_spec,
     ensure_builtin_model,
+    filler_text,
     render_chat,
+    spec_fingerprint,
     training_conversations,
+    with_layers,
 )
 from slmflow.errors import UnknownBuiltinModelError
 from slmflow.sources import file_digests
@@ -73,3 +78,27 @@ def test_untrained_variant_has_the_same_shape_but_other_weights(cache_dir, tiny_
         (tiny_checkpoint / "config.json").read_text()
     )
     assert file_digests(untrained)["model.safetensors"] != file_digests(tiny_checkpoint)["model.safetensors"]
+
+
+def test_real_shape_benchmark_model_has_phi3_minis_shape():
+    spec = builtin_spec("bench-phi3-mini-shape")
+    shape = (spec.hidden_size, spec.intermediate_size, spec.num_hidden_layers, spec.num_attention_heads)
+    assert shape == (3072, 8192, 32, 32)
+    assert (spec.vocab_size, spec.max_position_embeddings, spec.train_steps) == (32064, 4096, 0)
+
+
+def test_fewer_layers_is_another_recipe_with_its_own_cache_entry():
+    full = builtin_spec("bench-phi3-mini-shape")
+    four = with_layers(full, 4)
+    assert (four.name, four.num_hidden_layers, four.hidden_size) == ("bench-phi3-mini-shape-4l", 4, 3072)
+    assert spec_fingerprint(four) != spec_fingerprint(full)
+    assert with_layers(full, 32) == full
+    with pytest.raises(ValueError, match="at least one layer"):
+        with_layers(full, 0)
+
+
+def test_filler_words_fill_a_large_vocabulary():
+    """The chat set alone yields a few hundred tokens; random words make every id a real token."""
+    spec = replace(BUILTIN_MODELS["tiny-phi3-untrained"], vocab_size=1500, filler_words=20_000)
+    assert _train_tokenizer(spec).get_vocab_size() == 1500
+    assert filler_text(100, seed=0) == filler_text(100, seed=0) != filler_text(100, seed=1)

@@ -13,7 +13,7 @@ def requirement_lines(path: Path) -> list[str]:
 
 
 def test_every_dependency_is_pinned_exactly():
-    for name in ("requirements.txt", "requirements-dev.txt"):
+    for name in ("requirements.txt", "requirements-dev.txt", "benchmarks/requirements.txt"):
         for line in requirement_lines(PROJECT_DIR / name):
             assert line.startswith("-r ") or re.fullmatch(r"[A-Za-z0-9_.\-]+==[\w.+]+", line), line
 

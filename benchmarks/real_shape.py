@@ -1,0 +1,552 @@
+"""Phi-3-mini's real shape through the logged onnx-chat model, against llama.cpp on the same weights.
+
+The model is the builtin `bench-phi3-mini-shape` recipe (hidden 3072, intermediate 8192, 32 heads,
+vocabulary 32064, context 4096, random fp16 weights), built with `--layers` decoder layers. With two
+or more layer counts, every time and size is also fitted linearly in the layer count and reported at
+32 layers, labelled "extrapolated". llama.cpp gets the same checkpoint through its own
+`convert_hf_to_gguf.py` (from the llama-cpp-python sdist) and `llama_model_quantize` (Q4_0,
+Q4_K_M), and runs through llama-cpp-python with the same prompt token ids, threads and token counts.
+Every runtime is measured in one process, alternating, repeated; ratios are medians of back-to-back
+pairs. Opt-in and slow: `python -m benchmarks --real-shape` (see benchmarks/README.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from benchmarks.measure import (
+    decode_tokens_per_second,
+    median,
+    paired_ratio,
+    paired_value_ratio,
+    plain_loop,
+    pyfunc_batch,
+    pyfunc_single,
+    pyfunc_ttft,
+    read_bandwidth_gb_s,
+    run_in_fresh_process,
+    weight_bytes,
+)
+from benchmarks.report import BENCHMARKS_DIR, write_report
+from slmflow.builtin import builtin_spec, ensure_builtin_spec, filler_text, spec_fingerprint, with_layers
+from slmflow.config import BuilderOptions, GenerationConfig, RuntimeConfig, Settings
+from slmflow.evaluation.runner import peak_rss_mb
+from slmflow.onnx_build import build_onnx
+
+SPEC = builtin_spec("bench-phi3-mini-shape")
+FULL_LAYERS = SPEC.num_hidden_layers
+BUILDER_SETTINGS = {
+    f"b{options.block_size}-a{options.accuracy_level}": options
+    for options in (
+        BuilderOptions(block_size=32, accuracy_level=4),
+        BuilderOptions(block_size=32, accuracy_level=1),
+        BuilderOptions(block_size=128, accuracy_level=4),
+        BuilderOptions(block_size=128, accuracy_level=1),
+    )
+}
+# The logged onnx-chat model is built with the config defaults; the sweep compares the others with it.
+DEFAULT_SETTING = f"b{BuilderOptions().block_size}-a{BuilderOptions().accuracy_level}"
+QUANTS = {"q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0", "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M"}
+PROMPT_LENGTHS = (512, 2048)
+SHORT_PROMPT_WORDS = 24
+BATCH = 4
+SETTLE_SECONDS = 0.2
+
+
+# Building: the checkpoint, its ONNX builds and its GGUF files, each cached once per recipe.
+
+
+def llama_cpp_python_version() -> str:
+    for line in (BENCHMARKS_DIR / "requirements.txt").read_text().splitlines():
+        if line.startswith("llama-cpp-python=="):
+            return line.split("==", 1)[1].strip()
+    raise RuntimeError("benchmarks/requirements.txt pins no llama-cpp-python")
+
+
+def llama_cpp_source(cache: Path) -> Path:
+    """llama.cpp's source tree from the pinned llama-cpp-python sdist: its converter lives there."""
+    version = llama_cpp_python_version()
+
+    def download(out_dir: Path) -> None:
+        out_dir.mkdir(parents=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                "-d",
+                *[str(out_dir), f"llama-cpp-python=={version}"],
+            ],
+            check=True,
+        )
+        with tarfile.open(next(out_dir.glob("llama_cpp_python-*.tar.gz"))) as sdist:
+            sdist.extractall(out_dir, filter="data")
+
+    root = cache / "llama-cpp-python" / version
+    sdist_dir = f"llama_cpp_python-{version}"
+    from slmflow.cache import build_once
+
+    return build_once(root, sdist_dir, download) / sdist_dir / "vendor" / "llama.cpp"
+
+
+# Our tokenizer is a byte-level BPE with GPT-2's pre-tokenizer, trained here: llama.cpp's converter
+# recognises pre-tokenizers by hashing known models' encodings and refuses unknown ones, so it is told
+# the pre-tokenizer by name. Nothing else of the converter is changed.
+CONVERT_SCRIPT = """
+import runpy, sys
+llama_dir = sys.argv[1]
+sys.path[:0] = [llama_dir, llama_dir + "/gguf-py"]
+import conversion.base
+conversion.base.TextModel.get_vocab_base_pre = lambda self, tokenizer: "gpt-2"
+sys.argv = [llama_dir + "/convert_hf_to_gguf.py", *sys.argv[2:]]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def ensure_gguf(checkpoint: Path, name: str, kind: str, cache: Path) -> Path:
+    """The checkpoint as GGUF: `f16` by llama.cpp's converter, a quantisation by llama_model_quantize."""
+    from slmflow.cache import build_once
+
+    def convert(out_dir: Path) -> None:
+        out_dir.mkdir(parents=True)
+        command = [sys.executable, "-c", CONVERT_SCRIPT, str(llama_cpp_source(cache)), str(checkpoint)]
+        # llama.cpp gives a model whose general.name contains "phi3" Phi-3's SentencePiece special
+        # tokens (`</s>`, `<unk>`) and fails to load without them; the name is metadata only.
+        command += ["--model-name", "bench-mini-shape", "--outtype", "f16", "--outfile", str(out_dir / "model.gguf")]
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise RuntimeError(f"convert_hf_to_gguf.py failed:\n{result.stderr[-3000:]}")
+
+    def quantize(out_dir: Path) -> None:
+        import llama_cpp
+
+        source = ensure_gguf(checkpoint, name, "f16", cache) / "model.gguf"
+        out_dir.mkdir(parents=True)
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = getattr(llama_cpp, QUANTS[kind])
+        params.nthread = os.cpu_count() or 1
+        code = llama_cpp.llama_model_quantize(
+            str(source).encode(), str(out_dir / "model.gguf").encode(), ctypes.byref(params)
+        )
+        if code != 0:
+            raise RuntimeError(f"llama_model_quantize to {kind} failed with code {code}")
+
+    return build_once(cache / "gguf" / name / kind, "model.gguf", convert if kind == "f16" else quantize)
+
+
+def streamed_weight_bytes(onnx_dir: Path) -> int:
+    """Bytes every decoded token reads: the MatMulNBits weights, scales and zero points.
+
+    The embedding table is not streamed (one row is gathered per token), so it does not count.
+    """
+    import onnx
+
+    total = 0
+    for model_file in onnx_dir.glob("*.onnx"):
+        graph = onnx.load(str(model_file), load_external_data=False).graph
+        sizes = {}
+        for tensor in graph.initializer:
+            external = {entry.key: entry.value for entry in tensor.external_data}
+            sizes[tensor.name] = int(external.get("length", 0)) or len(tensor.raw_data)
+        for node in graph.node:
+            if node.op_type == "MatMulNBits":
+                total += sum(sizes.get(name, 0) for name in node.input[1:])
+    return total
+
+
+# Prompts: the same token ids for both runtimes.
+
+
+def prompt_messages(tokenizer, target_tokens: int) -> list[dict[str, str]]:
+    """A user message of filler words whose chat-formatted prompt is at most `target_tokens` long."""
+    words = " ".join(filler_text(target_tokens * 2, seed=1)).split()
+
+    def length(count: int) -> int:
+        text = tokenizer.apply_chat_template(json.dumps(user(words[:count])), add_generation_prompt=True)
+        return len(tokenizer.encode(text))
+
+    low, high = 1, len(words)
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if length(middle) <= target_tokens else (low, middle - 1)
+    return user(words[:low])
+
+
+def user(words: list[str]) -> list[dict[str, str]]:
+    return [{"role": "user", "content": " ".join(words)}]
+
+
+def prompt_ids(tokenizer, messages: list[dict[str, str]]) -> list[int]:
+    text = tokenizer.apply_chat_template(json.dumps(messages), add_generation_prompt=True)
+    return [int(token) for token in tokenizer.encode(text)]
+
+
+def prompt_text(tokenizer, messages: list[dict[str, str]]) -> str:
+    return tokenizer.apply_chat_template(json.dumps(messages), add_generation_prompt=True)
+
+
+# llama.cpp through llama-cpp-python.
+
+
+def load_llama(gguf: Path, threads: int, context: int):
+    from llama_cpp import Llama
+
+    return Llama(
+        model_path=str(gguf), n_ctx=context, n_batch=512, n_threads=threads, n_threads_batch=threads, verbose=False
+    )
+
+
+def llama_generate(llm, tokens: list[int], new_tokens: int) -> dict[str, float]:
+    """Greedy, exactly new_tokens tokens (EOS does not stop `generate`), no reuse of a cached prefix."""
+    llm.reset()
+    started = time.perf_counter()
+    first = None
+    generated = 0
+    for _ in llm.generate(tokens, temp=0.0, repeat_penalty=1.0, reset=False):
+        generated += 1
+        if first is None:
+            first = time.perf_counter() - started
+        if generated == new_tokens:
+            break
+    return {"seconds": time.perf_counter() - started, "tokens": generated, "ttft": first}
+
+
+def pyfunc_stream(pyfunc, messages: list[dict[str, str]], new_tokens: int) -> dict[str, float]:
+    """The logged model streaming exactly new_tokens tokens: its time to first token and its decode rate."""
+    request = {"messages": messages, "max_tokens": new_tokens, "min_tokens": new_tokens}
+    started = time.perf_counter()
+    first = None
+    for chunk in pyfunc.predict_stream(request):
+        if first is None and chunk["choices"][0]["delta"].get("content"):
+            first = time.perf_counter() - started
+    return {"seconds": time.perf_counter() - started, "tokens": new_tokens, "ttft": first}
+
+
+def first_token_seconds(generate: Callable[..., dict[str, float]], *args: Any) -> float:
+    """Time to first token of a generate function asked for one token."""
+    return generate(*args, 1)["ttft"]
+
+
+# Fresh processes: load time and peak RSS of one model answering one 512-token prompt.
+
+
+def _pyfunc_cold(model_uri: str, messages: list[dict[str, str]], new_tokens: int) -> dict[str, float]:
+    import mlflow
+
+    started = time.perf_counter()
+    pyfunc = mlflow.pyfunc.load_model(model_uri)
+    loaded = time.perf_counter() - started
+    pyfunc_single(pyfunc, messages, new_tokens)
+    return {"load_seconds": loaded, "peak_rss_mb": peak_rss_mb()}
+
+
+def _llama_cold(gguf: str, tokens: list[int], new_tokens: int, threads: int, context: int) -> dict[str, float]:
+    started = time.perf_counter()
+    llm = load_llama(Path(gguf), threads, context)
+    loaded = time.perf_counter() - started
+    llama_generate(llm, tokens, new_tokens)
+    return {"load_seconds": loaded, "peak_rss_mb": peak_rss_mb()}
+
+
+# One layer count: every runtime, alternating.
+
+
+def interleave(runs: dict, repeats: int, samples: dict[str, list]) -> None:
+    """Repeat every run, alternating the order so that what ran just before favours nobody."""
+    for repeat in range(repeats):
+        for key in runs if repeat % 2 == 0 else reversed(runs):
+            time.sleep(SETTLE_SECONDS)
+            samples.setdefault(key, []).append(runs[key]())
+
+
+def measure_layers(layers: int, args: argparse.Namespace, cache: Path, store: Path) -> dict:
+    import mlflow
+
+    from slmflow.flavors import log_onnx_chat_model
+
+    spec = with_layers(SPEC, layers)
+    name = f"{spec.name}-{spec_fingerprint(spec)}"
+    started = time.perf_counter()
+    checkpoint = ensure_builtin_spec(spec, cache)
+    onnx_dirs = {
+        setting: build_onnx(checkpoint, cache / "onnx" / f"{name}-{setting}", options)
+        for setting, options in BUILDER_SETTINGS.items()
+        if setting == DEFAULT_SETTING or args.sweep
+    }
+    ggufs = {kind: ensure_gguf(checkpoint, name, kind, cache) / "model.gguf" for kind in QUANTS}
+    print(f"{spec.name}: built in {time.perf_counter() - started:.0f} s", flush=True)
+
+    threads, new_tokens = args.threads, args.new_tokens
+    onnx_dir = onnx_dirs[DEFAULT_SETTING]
+    mlflow.set_tracking_uri(f"sqlite:///{store / 'mlflow.db'}")
+    with mlflow.start_run():
+        model_uri = log_onnx_chat_model(
+            onnx_dir, GenerationConfig(max_new_tokens=new_tokens), RuntimeConfig(intra_op_num_threads=threads)
+        )
+    pyfunc = mlflow.pyfunc.load_model(model_uri)
+    engine = pyfunc.unwrap_python_model().engine
+    model, tokenizer = engine.model, engine.tokenizer
+
+    words = " ".join(filler_text(SHORT_PROMPT_WORDS * BATCH, seed=2)).split()
+    short = [user(words[i * SHORT_PROMPT_WORDS : (i + 1) * SHORT_PROMPT_WORDS]) for i in range(BATCH)]
+    long = {length: prompt_messages(tokenizer, length) for length in PROMPT_LENGTHS}
+    context = max(PROMPT_LENGTHS) + new_tokens + 8
+    llamas = {kind: load_llama(path, threads, context) for kind, path in ggufs.items()}
+
+    short_ids, short_text = prompt_ids(tokenizer, short[0]), prompt_text(tokenizer, short[0])
+    decode_runs = {
+        "onnx_plain": partial(plain_loop, model, tokenizer, [short_text], new_tokens),
+        "onnx_pyfunc": partial(pyfunc_single, pyfunc, short[0], new_tokens),
+        "onnx_stream": partial(pyfunc_stream, pyfunc, short[0], new_tokens),
+        "onnx_plain_batch": partial(
+            plain_loop, model, tokenizer, [prompt_text(tokenizer, m) for m in short], new_tokens
+        ),
+        "onnx_pyfunc_batch": partial(pyfunc_batch, pyfunc, short, new_tokens),
+        **{kind: partial(llama_generate, llm, short_ids, new_tokens) for kind, llm in llamas.items()},
+    }
+    for run in decode_runs.values():  # warm every path once
+        run()
+    bandwidth = [read_bandwidth_gb_s()]
+    samples: dict[str, list] = {}
+    interleave(decode_runs, args.repeats, samples)
+    bandwidth.append(read_bandwidth_gb_s())
+
+    ttft: dict[str, dict[str, list[float]]] = {}
+    prompt_tokens = {}
+    for length, messages in long.items():
+        ids = prompt_ids(tokenizer, messages)
+        prompt_tokens[length] = len(ids)
+        runs = {
+            "onnx_pyfunc": partial(pyfunc_ttft, pyfunc, messages, 8),
+            **{kind: partial(first_token_seconds, llama_generate, llm, ids) for kind, llm in llamas.items()},
+        }
+        found: dict[str, list] = {}
+        interleave(runs, args.ttft_repeats, found)
+        ttft[str(length)] = found
+    del llamas, decode_runs, runs  # free llama.cpp's memory before the sweep
+
+    sweep = measure_sweep(onnx_dirs, tokenizer, short_text, long[512], args) if args.sweep else None
+    pyfunc_cold = run_in_fresh_process(_pyfunc_cold, model_uri, long[512], new_tokens)
+    llama_cold = {
+        kind: run_in_fresh_process(
+            _llama_cold, str(path), prompt_ids(tokenizer, long[512]), new_tokens, threads, context
+        )
+        for kind, path in ggufs.items()
+    }
+    decode = {key: median([decode_tokens_per_second(r) for r in samples[key]]) for key in ("onnx_stream", *QUANTS)}
+    bound_bytes = streamed_weight_bytes(onnx_dir)
+    read_gb_s = median(bandwidth)
+    return {
+        "layers": layers,
+        "threads": threads,
+        "new_tokens": new_tokens,
+        "repeats": args.repeats,
+        "prompt_tokens": {"short": len(short_ids), **{str(k): v for k, v in prompt_tokens.items()}},
+        "weights_mb": {
+            "onnx_int4": weight_bytes(onnx_dir) / 2**20,
+            "onnx_streamed_per_token": bound_bytes / 2**20,
+            **{kind: path.stat().st_size / 2**20 for kind, path in ggufs.items()},
+        },
+        "decode_seconds_per_token": {key: 1 / rate for key, rate in decode.items()},
+        "seconds_per_token": {
+            key: median([r["seconds"] / r["tokens"] for r in samples[key]])
+            for key in ("onnx_plain", "onnx_pyfunc", "onnx_plain_batch", "onnx_pyfunc_batch")
+        },
+        "ttft_seconds": {length: {k: median(v) for k, v in found.items()} for length, found in ttft.items()},
+        "ratios": {
+            **{
+                f"onnx decode / llama.cpp {kind}": paired_value_ratio(
+                    [decode_tokens_per_second(r) for r in samples["onnx_stream"]],
+                    [decode_tokens_per_second(r) for r in samples[kind]],
+                )
+                for kind in QUANTS
+            },
+            "pyfunc / plain": paired_ratio(samples["onnx_pyfunc"], samples["onnx_plain"]),
+            "pyfunc batch / plain batch": paired_ratio(samples["onnx_pyfunc_batch"], samples["onnx_plain_batch"]),
+            **{
+                f"ttft {length} llama.cpp {kind} / onnx": paired_value_ratio(found[kind], found["onnx_pyfunc"])
+                for length, found in ttft.items()
+                for kind in QUANTS
+            },
+        },
+        "memory_bandwidth": {
+            "read_gb_s": read_gb_s,
+            "bound_tokens_per_second": read_gb_s * 1e9 / bound_bytes,
+            "fraction_of_bound": decode["onnx_stream"] * bound_bytes / (read_gb_s * 1e9),
+        },
+        "cold": {"onnx_pyfunc": pyfunc_cold, **llama_cold},
+        "sweep": sweep,
+    }
+
+
+def measure_sweep(onnx_dirs: dict[str, Path], tokenizer, short_text: str, long_messages, args) -> dict:
+    """Builder and runtime settings through the plain loop, all loaded at once and alternated:
+    decode rate and 512-token time to first token, each paired with the default setting's."""
+    from slmflow.onnx_chat import OnnxChatEngine
+
+    long_text = prompt_text(tokenizer, long_messages)
+    variants = {f"{setting} t{args.threads}": (path, args.threads) for setting, path in onnx_dirs.items()}
+    variants.update({f"{DEFAULT_SETTING} t{t}": (onnx_dirs[DEFAULT_SETTING], t) for t in (0, 1, 2)})
+    engines = {label: OnnxChatEngine(path, intra_op_num_threads=threads) for label, (path, threads) in variants.items()}
+    runs = {}
+    for label, engine in engines.items():
+        runs[f"{label}|decode"] = partial(plain_loop, engine.model, engine.tokenizer, [short_text], args.new_tokens)
+        runs[f"{label}|ttft"] = partial(first_token_seconds, plain_loop, engine.model, engine.tokenizer, [long_text])
+        runs[f"{label}|decode"]()
+    found: dict[str, list] = {}
+    interleave(runs, args.sweep_repeats, found)
+    reference = f"{DEFAULT_SETTING} t{args.threads}"
+
+    def rates(label: str) -> list[float]:
+        return [decode_tokens_per_second(r) for r in found[f"{label}|decode"]]
+
+    def ttfts(label: str) -> list[float]:
+        return found[f"{label}|ttft"]
+
+    return {
+        label: {
+            "decode_tokens_per_second": median(rates(label)),
+            "ttft_512_seconds": median(ttfts(label)),
+            "decode_vs_default": paired_value_ratio(rates(label), rates(reference)),
+            "ttft_512_vs_default": paired_value_ratio(ttfts(label), ttfts(reference)),
+        }
+        for label in engines
+    }
+
+
+# Extrapolation to 32 layers and the report.
+
+
+def extrapolate(results: list[dict], layers: int = FULL_LAYERS) -> dict:
+    """Fit every time and size as a + b * layers through the two largest layer counts; evaluate at `layers`."""
+    low, high = sorted(results, key=lambda r: r["layers"])[-2:]
+    scale = (layers - high["layers"]) / (high["layers"] - low["layers"])
+
+    def fit(a, b):
+        if isinstance(b, dict):
+            return {key: fit(a[key], b[key]) for key in b}
+        return b + (b - a) * scale
+
+    keys = ("weights_mb", "decode_seconds_per_token", "seconds_per_token", "ttft_seconds", "cold")
+    fitted = {key: fit(low[key], high[key]) for key in keys}
+    decode, per_token = fitted["decode_seconds_per_token"], fitted["seconds_per_token"]
+    read_gb_s = high["memory_bandwidth"]["read_gb_s"]
+    streamed = fitted["weights_mb"]["onnx_streamed_per_token"] * 2**20
+    fitted["ratios"] = {
+        **{f"onnx decode / llama.cpp {kind}": decode[kind] / decode["onnx_stream"] for kind in QUANTS},
+        "pyfunc / plain": per_token["onnx_plain"] / per_token["onnx_pyfunc"],
+        "pyfunc batch / plain batch": per_token["onnx_plain_batch"] / per_token["onnx_pyfunc_batch"],
+        **{
+            f"ttft {length} llama.cpp {kind} / onnx": found[kind] / found["onnx_pyfunc"]
+            for length, found in fitted["ttft_seconds"].items()
+            for kind in QUANTS
+        },
+    }
+    fitted["memory_bandwidth"] = {
+        "read_gb_s": read_gb_s,
+        "bound_tokens_per_second": read_gb_s * 1e9 / streamed,
+        "fraction_of_bound": streamed / (read_gb_s * 1e9) / decode["onnx_stream"],
+    }
+    return {"layers": layers, "extrapolated_from": [low["layers"], high["layers"]], **fitted}
+
+
+def rows(result: dict) -> list[str]:
+    label = f"{result['layers']} layer{'s' if result['layers'] > 1 else ''}" + (
+        " (extrapolated)" if "extrapolated_from" in result else ""
+    )
+    weights, ttft, ratios = result["weights_mb"], result["ttft_seconds"], result["ratios"]
+    decode, cold = result["decode_seconds_per_token"], result["cold"]
+    bound = result["memory_bandwidth"]
+    per_token = result["seconds_per_token"]
+    onnx = (
+        f"| {label} | ONNX int4 {DEFAULT_SETTING} (onnx-chat) | {weights['onnx_int4']:.0f} "
+        f"| {1 / decode['onnx_stream']:.1f} | {1 / per_token['onnx_pyfunc_batch']:.1f} "
+        f"| {ttft['512']['onnx_pyfunc']:.2f} | {ttft['2048']['onnx_pyfunc']:.2f} "
+        f"| {cold['onnx_pyfunc']['peak_rss_mb']:.0f} | {cold['onnx_pyfunc']['load_seconds']:.1f} "
+        f"| {bound['fraction_of_bound']:.0%} of {bound['bound_tokens_per_second']:.1f} tok/s "
+        f"| {ratios['pyfunc / plain']:.3f} / {ratios['pyfunc batch / plain batch']:.3f} | reference |"
+    )
+    lines = [onnx]
+    for kind in QUANTS:
+        lines.append(
+            f"| {label} | llama.cpp {kind.upper()} | {weights[kind]:.0f} | {1 / decode[kind]:.1f} | n/a "
+            f"| {ttft['512'][kind]:.2f} | {ttft['2048'][kind]:.2f} | {cold[kind]['peak_rss_mb']:.0f} "
+            f"| {cold[kind]['load_seconds']:.1f} | - | - | {ratios[f'onnx decode / llama.cpp {kind}']:.2f}x decode; "
+            f"TTFT {ratios[f'ttft 512 llama.cpp {kind} / onnx']:.2f}x / "
+            f"{ratios[f'ttft 2048 llama.cpp {kind} / onnx']:.2f}x |"
+        )
+    return lines
+
+
+def table(results: list[dict], extrapolated: dict | None) -> str:
+    lines = [
+        "| model | runtime | weights MB | decode tok/s | batch of 4, total tok/s | TTFT 512 s | TTFT 2048 s "
+        "| peak RSS MB | load s | decode / bandwidth bound | pyfunc / plain (1 / batch 4) "
+        "| ONNX vs this runtime: decode rate ratio; TTFT ratio (its time / ONNX's), 512 / 2048 |",
+        "|" + "---|" * 12,
+    ]
+    for result in [*results, *([extrapolated] if extrapolated else [])]:
+        lines += rows(result)
+    return "\n".join(lines)
+
+
+def sweep_table(results: list[dict]) -> str:
+    sweep = next(r for r in results if r["sweep"])
+    lines = [
+        f"Sweep on {sweep['layers']} layers, plain loop, paired with the default ({DEFAULT_SETTING}, "
+        f"{sweep['threads']} threads):",
+        "",
+        "| setting | decode tok/s | decode vs default | TTFT 512 s | TTFT vs default |",
+        "|---|---|---|---|---|",
+    ]
+    for label, found in sweep["sweep"].items():
+        lines.append(
+            f"| {label} | {found['decode_tokens_per_second']:.1f} | {found['decode_vs_default']:.3f} "
+            f"| {found['ttft_512_seconds']:.2f} | {found['ttft_512_vs_default']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--layers", type=int, nargs="+", default=[2, 4], help="decoder layers to build (≤ 32)")
+    parser.add_argument("--threads", type=int, default=2, help="threads for both runtimes")
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--ttft-repeats", type=int, default=3)
+    parser.add_argument("--sweep-repeats", type=int, default=5)
+    parser.add_argument("--no-sweep", dest="sweep", action="store_false", help="skip the settings sweep")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    cache = Settings.from_environment().cache_dir / "real-shape"
+    results = []
+    with tempfile.TemporaryDirectory() as store:
+        for layers in sorted(args.layers):
+            # The settings sweep runs once, on the largest model: the closest to the real shape.
+            options = argparse.Namespace(**{**vars(args), "sweep": args.sweep and layers == max(args.layers)})
+            results.append(measure_layers(layers, options, cache, Path(store)))
+            print(json.dumps(results[-1], indent=2), flush=True)
+    extrapolated = extrapolate(results) if len(results) > 1 and max(args.layers) < FULL_LAYERS else None
+    report = {"measured": results, "extrapolated": extrapolated}
+    text = table(results, extrapolated) + ("\n\n" + sweep_table(results) if args.sweep else "")
+    write_report("real-shape", report, text)
+
+
+if __name__ == "__main__":
+    main()
