@@ -27,6 +27,8 @@ from slmflow.errors import GateFailedError, RegistryError, RollbackError
 CHAMPION, CHALLENGER, PREVIOUS_CHAMPION = "champion", "challenger", "previous-champion"
 DECISION_TAG = "decision"  # what registration did with the version: promoted to champion, or parked
 METRIC_TAG_PREFIX = "metric."
+# Set once the aliases of a new version have moved: a version without it was left by a killed job.
+ALIASES_SET_TAG = "aliases_set"
 # Together these identify what was registered, the same from any checkout or machine: the source's
 # content, the config's content and the pipeline's code and pins. The same three again means nothing new.
 IDENTITY_TAGS = ("source_revision", "config_hash", "code_hash")
@@ -143,6 +145,9 @@ class Registrar:
         """Register and promote a candidate that passes the gates; refuse (or park) one that does not."""
         existing = self.find_registered(identity)
         if existing is not None:
+            if existing.tags.get(ALIASES_SET_TAG) != "true":
+                # A job killed between creating this version and moving the aliases: finish its promotion.
+                return self._settle(existing, passed=existing.tags.get("gates") == "passed", created=False)
             return RegistrationResult(existing, created=False, promoted=False)
         champion = self.champion()
         failures = gate_failures(
@@ -156,16 +161,25 @@ class Registrar:
             # A concurrent run registered the same identity first: keep its version, withdraw ours.
             self.client.delete_model_version(self.config.model_name, version.version)
             return RegistrationResult(first, created=False, promoted=False)
-        name = self.config.model_name
+        result = self._settle(version, passed=not failures, created=True)
         if failures:
-            self.client.set_registered_model_alias(name, CHALLENGER, version.version)
             raise GateFailedError(self._refusal(candidate, failures, version, champion))
-        self.client.set_registered_model_alias(name, CHAMPION, version.version)
-        if champion is not None and champion.version != version.version:
-            self.client.set_registered_model_alias(name, PREVIOUS_CHAMPION, champion.version)
-        if aliased_version(self.client, name, CHALLENGER) is not None:  # the latest candidate is the champion now
-            self.client.delete_registered_model_alias(name, CHALLENGER)
-        return RegistrationResult(self.client.get_model_version(name, version.version), created=True, promoted=True)
+        return result
+
+    def _settle(self, version: ModelVersion, passed: bool, created: bool) -> RegistrationResult:
+        """Move the aliases for a registered version, then mark it settled (the last write of a registration)."""
+        name = self.config.model_name
+        if passed:
+            champion = self.champion()
+            self.client.set_registered_model_alias(name, CHAMPION, version.version)
+            if champion is not None and champion.version != version.version:
+                self.client.set_registered_model_alias(name, PREVIOUS_CHAMPION, champion.version)
+            if aliased_version(self.client, name, CHALLENGER) is not None:  # the latest candidate is champion now
+                self.client.delete_registered_model_alias(name, CHALLENGER)
+        else:
+            self.client.set_registered_model_alias(name, CHALLENGER, version.version)
+        self.client.set_model_version_tag(name, version.version, ALIASES_SET_TAG, "true")
+        return RegistrationResult(self.client.get_model_version(name, version.version), created, promoted=passed)
 
     def _create_version(self, candidate, identity, tags, description, failures) -> ModelVersion:
         import mlflow

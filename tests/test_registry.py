@@ -121,6 +121,22 @@ def test_same_identity_registers_nothing_new(logged_uri):
     assert changed.created and changed.version.version != first.version.version
 
 
+def test_a_version_left_without_aliases_by_a_killed_job_is_promoted_by_the_next_run(logged_uri, monkeypatch):
+    """The job died between creating the version and moving the aliases: the next run finishes the promotion."""
+    original = Registrar._settle
+    monkeypatch.setattr(Registrar, "_settle", lambda *args, **kwargs: None)  # the job dies before the aliases
+    registrar().register(Candidate("onnx-chat", logged_uri, GOOD), identity(), {}, "d")
+    client = MlflowClient()
+    [left] = client.search_model_versions("name = 'reg-test'")
+    assert aliases(client) == {} and "aliases_set" not in left.tags
+    monkeypatch.setattr(Registrar, "_settle", original)
+    again = registrar().register(Candidate("onnx-chat", logged_uri, GOOD), identity(), {}, "d")
+    assert not again.created and again.promoted and again.version.version == left.version
+    assert aliases(client) == {"champion": str(left.version)}
+    assert client.get_model_version("reg-test", left.version).tags["aliases_set"] == "true"
+    assert len(client.search_model_versions("name = 'reg-test'")) == 1
+
+
 def test_failed_gate_registers_nothing_and_keeps_the_champion(logged_uri):
     first = registrar().register(Candidate("onnx-chat", logged_uri, GOOD), identity(), {}, "d")
     worse = {**GOOD, "accuracy": 0.2}
