@@ -209,13 +209,22 @@ class Registrar:
             if error.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
                 raise
         self.client.update_registered_model(name, description=registered_model_description(name))
-        for key, value in {
+        wanted = {
             "task": "llm/v1/chat",
             "selection_rule": self.config.selection.rule,
             "gates": gates_summary(self.config.gates),
             "aliases": f"{CHAMPION}, {CHALLENGER}, {PREVIOUS_CHAMPION}",
-        }.items():
-            self.client.set_registered_model_tag(name, key, value)
+        }
+        current = self.client.get_registered_model(name).tags
+        for key, value in wanted.items():
+            if current.get(key) == value:
+                continue
+            try:
+                self.client.set_registered_model_tag(name, key, value)
+            except MlflowException:
+                # MLflow's tag upsert is not atomic: a concurrent run setting the same tag makes it fail.
+                if self.client.get_registered_model(name).tags.get(key) != value:
+                    raise
 
     def _refusal(
         self,
