@@ -17,7 +17,7 @@ from pathlib import Path
 
 from benchmarks.report import write_report
 from tests.conftest import free_port
-from tests.tracking_server import Postgres, TrackingServer
+from tests.tracking_server import team_tracking_server
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 RERUNS = 3
@@ -54,26 +54,13 @@ def fresh_machine_rerun() -> None:
     """Machine A runs first with an empty cache; each re-run is a new machine: a new clone and an empty cache."""
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
-        postgres = Postgres.start(free_port())
-        try:
-            server = TrackingServer.start(
-                root / "server",
-                backend_uri=postgres.create_database("mlflow"),
-                auth_uri=postgres.create_database("mlflow_auth"),
-                port=free_port(),
-                password=os.urandom(12).hex(),
-            )
-            try:
-                env = {"MLFLOW_TRACKING_URI": server.uri, **server.credentials}
-                machines = ["a", *(f"fresh-{i}" for i in range(RERUNS))]
-                first, *reruns = [
-                    timed_run(clone(root / name / "slmflow"), root, SLMFLOW_CACHE_DIR=str(root / name / "cache"), **env)
-                    for name in machines
-                ]
-            finally:
-                server.stop()
-        finally:
-            postgres.stop()
+        with team_tracking_server(root, free_port) as server:
+            env = {"MLFLOW_TRACKING_URI": server.uri, **server.credentials}
+            machines = ["a", *(f"fresh-{i}" for i in range(RERUNS))]
+            first, *reruns = [
+                timed_run(clone(root / name / "slmflow"), root, SLMFLOW_CACHE_DIR=str(root / name / "cache"), **env)
+                for name in machines
+            ]
     rerun = statistics.median(reruns)
     result = {"first_run_s": first, "fresh_machine_rerun_median_s": rerun, "rerun_over_first": rerun / first}
     table = (

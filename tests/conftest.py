@@ -114,25 +114,11 @@ def tracking_server(tmp_path_factory):
     Tests that need isolation use their own experiment or registered model name on it. The
     credentials go to child processes through the environment, as a scheduled job's would.
     """
-    from tests.tracking_server import Postgres, TrackingServer
+    from tests.tracking_server import team_tracking_server
 
-    folder = tmp_path_factory.mktemp("tracking-server")
-    postgres = Postgres.start(free_port())
-    try:
-        server = TrackingServer.start(
-            folder / "server",
-            backend_uri=postgres.create_database("mlflow"),
-            auth_uri=postgres.create_database("mlflow_auth"),
-            port=free_port(),
-            password=os.urandom(12).hex(),
-        )
-    except BaseException:
-        postgres.stop()
-        raise
-    os.environ.update(server.credentials)
-    yield server
-    server.stop()
-    postgres.stop()
+    with team_tracking_server(tmp_path_factory.mktemp("tracking-server"), free_port) as server:
+        os.environ.update(server.credentials)
+        yield server
 
 
 def free_port() -> int:

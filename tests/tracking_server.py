@@ -17,6 +17,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -158,3 +159,23 @@ class TrackingServer:
         # Workers that outlived the group leader still belong to the group.
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def team_tracking_server(folder: Path, free_port: Callable[[], int]) -> Iterator[TrackingServer]:
+    """PostgreSQL and `mlflow server` (basic-auth, a random admin password), both stopped afterwards."""
+    postgres = Postgres.start(free_port())
+    try:
+        server = TrackingServer.start(
+            folder / "server",
+            backend_uri=postgres.create_database("mlflow"),
+            auth_uri=postgres.create_database("mlflow_auth"),
+            port=free_port(),
+            password=os.urandom(12).hex(),
+        )
+        try:
+            yield server
+        finally:
+            server.stop()
+    finally:
+        postgres.stop()
