@@ -27,7 +27,7 @@ MODELS = {"tiny-phi3": "builtin:tiny-phi3", "bench-phi3-100m": "builtin:bench-ph
 
 def capital_requests(count: int) -> list[dict]:
     """`count` capital questions: every country in each phrasing in turn."""
-    from slmflow.builtin import QUESTION_TEMPLATES, capital_pairs
+    from slmflow.fetch.builtin import QUESTION_TEMPLATES, capital_pairs
 
     pairs = capital_pairs()
     requests = []
@@ -104,8 +104,8 @@ def measure(name: str, source: str, rows: int, new_tokens: int, batch_size: int,
 
     from slmflow.batch.spark import score, spark_session
     from slmflow.config import GenerationConfig, RuntimeConfig, Settings, SourceConfig
-    from slmflow.flavors import log_onnx_chat_model
-    from slmflow.sources import fetch_model
+    from slmflow.fetch.sources import fetch_model
+    from slmflow.flavors.onnx_chat import log_onnx_chat_model
 
     tracking_uri = f"sqlite:///{store / 'mlflow.db'}"
     mlflow.set_tracking_uri(tracking_uri)

@@ -79,8 +79,9 @@ def measure(name: str, source: str, new_tokens: int, repeats: int, store: Path) 
     import mlflow
 
     from slmflow.config import GenerationConfig, RuntimeConfig, Settings, SourceConfig
-    from slmflow.flavors import log_onnx_chat_model, log_transformers_chat_model
-    from slmflow.sources import fetch_model
+    from slmflow.fetch.sources import fetch_model
+    from slmflow.flavors.onnx_chat import log_onnx_chat_model
+    from slmflow.flavors.transformers_chat import log_transformers_chat_model
 
     fetched = fetch_model(SourceConfig(model=source), Settings.from_environment())
     mlflow.set_tracking_uri(f"sqlite:///{store / 'mlflow.db'}")

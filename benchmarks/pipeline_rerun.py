@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 from benchmarks.report import write_report
-from tests.conftest import free_port
-from tests.tracking_server import team_tracking_server
+from testkit.processes import free_port
+from testkit.tracking_server import team_tracking_server
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 RERUNS = 3

@@ -40,10 +40,10 @@ from benchmarks.measure import (
     weight_bytes,
 )
 from benchmarks.report import BENCHMARKS_DIR, write_report
-from slmflow.builtin import builtin_spec, ensure_builtin_spec, filler_text, spec_fingerprint, with_layers
 from slmflow.config import BuilderOptions, GenerationConfig, RuntimeConfig, Settings
 from slmflow.evaluation.runner import peak_rss_mb
-from slmflow.onnx_build import build_onnx
+from slmflow.fetch.builtin import builtin_spec, ensure_builtin_spec, filler_text, spec_fingerprint, with_layers
+from slmflow.fetch.onnx_build import build_onnx
 
 SPEC = builtin_spec("bench-phi3-mini-shape")
 FULL_LAYERS = SPEC.num_hidden_layers
@@ -100,7 +100,7 @@ def llama_cpp_source(cache: Path) -> Path:
 
     root = cache / "llama-cpp-python" / version
     sdist_dir = f"llama_cpp_python-{version}"
-    from slmflow.cache import build_once
+    from slmflow.fetch.cache import build_once
 
     return build_once(root, sdist_dir, download) / sdist_dir / "vendor" / "llama.cpp"
 
@@ -121,7 +121,7 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 
 def ensure_gguf(checkpoint: Path, name: str, kind: str, cache: Path) -> Path:
     """The checkpoint as GGUF: `f16` by llama.cpp's converter, a quantisation by llama_model_quantize."""
-    from slmflow.cache import build_once
+    from slmflow.fetch.cache import build_once
 
     def convert(out_dir: Path) -> None:
         out_dir.mkdir(parents=True)
@@ -278,7 +278,7 @@ def interleave(runs: dict, repeats: int, samples: dict[str, list]) -> None:
 def measure_layers(layers: int, args: argparse.Namespace, cache: Path, store: Path) -> dict:
     import mlflow
 
-    from slmflow.flavors import log_onnx_chat_model
+    from slmflow.flavors.onnx_chat import log_onnx_chat_model
 
     spec = with_layers(SPEC, layers)
     name = f"{spec.name}-{spec_fingerprint(spec)}"
@@ -398,7 +398,7 @@ def measure_layers(layers: int, args: argparse.Namespace, cache: Path, store: Pa
 def measure_sweep(onnx_dirs: dict[str, Path], tokenizer, short_text: str, long_messages, args) -> dict:
     """Builder and runtime settings through the plain loop, all loaded at once and alternated:
     decode rate and 512-token time to first token, each paired with the default setting's."""
-    from slmflow.onnx_chat import OnnxChatEngine
+    from slmflow.chat.onnx.engine import OnnxChatEngine
 
     long_text = prompt_text(tokenizer, long_messages)
     variants = {f"{setting} t{args.threads}": (path, args.threads) for setting, path in onnx_dirs.items()}

@@ -29,7 +29,7 @@ import requests
 
 from benchmarks.report import write_report
 from slmflow.evaluation.metrics import completion_tokens
-from tests.conftest import free_port, launched_server
+from testkit.processes import free_port, launched_server
 
 MODELS = {"tiny-phi3": "builtin:tiny-phi3", "bench-phi3-100m": "builtin:bench-phi3-100m"}
 CLIENTS = (1, 4, 16)
@@ -240,8 +240,8 @@ def measure(name: str, source: str, new_tokens: int, rounds: int, store: Path, l
     import mlflow
 
     from slmflow.config import GenerationConfig, RuntimeConfig, Settings, SourceConfig
-    from slmflow.flavors import log_onnx_chat_model
-    from slmflow.sources import fetch_model
+    from slmflow.fetch.sources import fetch_model
+    from slmflow.flavors.onnx_chat import log_onnx_chat_model
 
     fetched = fetch_model(SourceConfig(model=source), Settings.from_environment())
     engine_probe = og_engine_against_plain_batches(fetched.onnx_dir, 16, new_tokens)

@@ -16,9 +16,9 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from slmflow.cache import sha256_file
+from slmflow.digests import sha256_file
 from slmflow.errors import ConfigError
-from slmflow.requests import DEFAULT_SETTINGS, MaxTokens, RequestLimits, Seed, Temperature, TopK, TopP
+from slmflow.policy import DEFAULT_SETTINGS, MaxTokens, RequestLimits, Seed, Temperature, TopK, TopP
 
 BUILTIN_PREFIX = "builtin:"
 LOCAL_PREFIX = "local:"
@@ -108,7 +108,7 @@ class SourceConfig(_Section):
 class GenerationConfig(_Section):
     """Generation defaults (a request may override them) and the limits of one request.
 
-    Bounds and defaults are the request model's (`slmflow.requests`), declared once."""
+    Bounds and defaults are the request model's (`slmflow.chat.request`), declared once."""
 
     max_new_tokens: MaxTokens = DEFAULT_SETTINGS.max_tokens
     temperature: Temperature = DEFAULT_SETTINGS.temperature

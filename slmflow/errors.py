@@ -35,3 +35,17 @@ class RegistryError(PipelineError):
 
 class RollbackError(PipelineError, LookupError):
     """A rollback that cannot be done: no such registered model, or no version to roll back to."""
+
+
+class BadRequestError(ValueError):
+    """A request the model refuses (HTTP 400): the message says why, `param` names the field."""
+
+    def __init__(self, message: str, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+
+
+class DeadlineExceededError(RuntimeError):
+    """A request whose generation passed its deadline (HTTP 504); the model is free again."""

@@ -8,10 +8,11 @@ from collections.abc import Sequence
 
 import mlflow
 
+from slmflow import tags
 from slmflow.batch.spark import generation_defaults, score, spark_session
 from slmflow.errors import PipelineError
 from slmflow.pipeline.contract import GENERATION_FIELDS, STEPS
-from slmflow.pipeline.step import ERROR_TAG, set_outputs
+from slmflow.pipeline.step import set_outputs
 
 STEP = STEPS["batch_score"]
 
@@ -54,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         try:
             batch_score(args)
         except PipelineError as error:  # a cause the user can fix: one line, and the run FAILED with it
-            mlflow.set_tag(ERROR_TAG, f"{type(error).__name__}: {error}"[:4000])
+            mlflow.set_tag(tags.ERROR, f"{type(error).__name__}: {error}"[:4000])
             mlflow.end_run(status="FAILED")
             print(f"error: {error}", file=sys.stderr)
             raise SystemExit(1) from None

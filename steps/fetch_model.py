@@ -2,9 +2,11 @@
 
 import mlflow
 
+from slmflow.fetch.handoff import remember_folder
+from slmflow.fetch.hub import hub_reference
+from slmflow.fetch.sources import fetch_model
 from slmflow.pipeline.contract import RESOLVE_REVISION, STEPS
 from slmflow.pipeline.step import run_step, set_outputs
-from slmflow.sources import fetch_model, hub_reference, remember_folder
 
 STEP = STEPS["fetch_model"]
 

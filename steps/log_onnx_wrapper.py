@@ -1,9 +1,9 @@
 """Log the ONNX GenAI folder as the `onnx-chat` pyfunc chat model."""
 
-from slmflow.flavors import log_onnx_chat_model
+from slmflow.fetch.handoff import local_folder
+from slmflow.flavors.onnx_chat import log_onnx_chat_model
 from slmflow.pipeline.contract import STEPS
 from slmflow.pipeline.step import run_step, set_outputs
-from slmflow.sources import local_folder
 
 STEP = STEPS["log_onnx_wrapper"]
 

@@ -1,9 +1,9 @@
 """Log the checkpoint as the `transformers-chat` text-generation pipeline (task llm/v1/chat)."""
 
-from slmflow.flavors import log_transformers_chat_model
+from slmflow.fetch.handoff import local_folder
+from slmflow.flavors.transformers_chat import log_transformers_chat_model
 from slmflow.pipeline.contract import STEPS
 from slmflow.pipeline.step import run_step, set_outputs
-from slmflow.sources import local_folder
 
 STEP = STEPS["log_transformers_pipeline"]
 

@@ -4,11 +4,12 @@ import sys
 
 import mlflow
 
+from slmflow import tags
 from slmflow.errors import ConfigError, StepFailedError
 from slmflow.pipeline.contract import STEPS
 from slmflow.pipeline.runner import run_pipeline
 from slmflow.pipeline.step import run_step
-from slmflow.summary import RUN_NAME_TAG, describe_experiment, pipeline_run_name, record_summary
+from slmflow.pipeline.summary import describe_experiment, pipeline_run_name, record_summary
 
 
 def main(args, config, settings) -> None:
@@ -17,7 +18,7 @@ def main(args, config, settings) -> None:
     run = mlflow.active_run()
     client = mlflow.MlflowClient()
     title = pipeline_run_name(args.config)
-    mlflow.set_tag(RUN_NAME_TAG, title)
+    mlflow.set_tag(tags.RUN_NAME, title)
     describe_experiment(client, run.info.experiment_id, args.config)
     try:
         summary = run_pipeline(config, args.config, use_cache=args.use_cache == "true", settings=settings)

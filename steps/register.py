@@ -2,20 +2,19 @@
 
 import mlflow
 
+from slmflow import tags
 from slmflow.pipeline.contract import STEPS
-from slmflow.pipeline.runner import pipeline_code_hash
 from slmflow.pipeline.step import run_step, set_outputs
-from slmflow.registry import (
-    Registrar,
-    candidates_from_evaluation,
-    choose_candidate,
+from slmflow.registry.lineage import (
     registration_description,
     registration_identity,
     registration_tags,
+    served_code_hash,
 )
+from slmflow.registry.registrar import Registrar, candidates_from_evaluation
+from slmflow.registry.rules import choose_candidate
 
 STEP = STEPS["register"]
-GIT_COMMIT_TAG = "mlflow.source.git.commit"
 
 
 def register(args, config, settings) -> None:
@@ -23,11 +22,11 @@ def register(args, config, settings) -> None:
     evaluation = client.get_run(args.evaluate_run_id)
     candidates = candidates_from_evaluation(evaluation)
     candidate = choose_candidate(candidates, config.registry.selection)
-    git_commit = client.get_run(mlflow.active_run().info.run_id).data.tags.get(GIT_COMMIT_TAG, "")
+    git_commit = client.get_run(mlflow.active_run().info.run_id).data.tags.get(tags.GIT_COMMIT, "")
     mlflow.log_params({"candidate_flavor": candidate.flavor, "candidate_model_uri": candidate.model_uri})
     result = Registrar(config.registry, client).register(
         candidate,
-        registration_identity(config, args.source_revision, pipeline_code_hash()),
+        registration_identity(config, args.source_revision, served_code_hash(candidate.flavor)),
         registration_tags(config, candidate, args.evaluate_run_id, git_commit),
         registration_description(config, candidates, args.source_revision, args.evaluate_run_id),
     )

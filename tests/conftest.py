@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import mlflow
 import pytest
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
+from testkit.processes import PROJECT_DIR, free_port
+from testkit.tracking_server import team_tracking_server
+
 os.environ["HF_HUB_OFFLINE"] = "1"  # the tests never reach a hub, and must never wait on one
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
@@ -36,7 +32,7 @@ def settings(cache_dir):
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(cache_dir) -> Path:
-    from slmflow.builtin import ensure_builtin_model
+    from slmflow.fetch.builtin import ensure_builtin_model
 
     return ensure_builtin_model("tiny-phi3", cache_dir)
 
@@ -50,7 +46,7 @@ def tiny_config():
 
 @pytest.fixture(scope="session")
 def tiny_onnx(tiny_checkpoint, cache_dir, tiny_config) -> Path:
-    from slmflow.onnx_build import build_onnx
+    from slmflow.fetch.onnx_build import build_onnx
 
     builder = tiny_config.source.builder
     target = cache_dir / "onnx" / f"tests-tiny-int4-b{builder.block_size}-a{builder.accuracy_level}"
@@ -59,7 +55,7 @@ def tiny_onnx(tiny_checkpoint, cache_dir, tiny_config) -> Path:
 
 @pytest.fixture(scope="session")
 def onnx_engine(tiny_onnx):
-    from slmflow.onnx_chat import OnnxChatEngine
+    from slmflow.chat.onnx.engine import OnnxChatEngine
 
     return OnnxChatEngine(tiny_onnx)
 
@@ -93,7 +89,8 @@ def tracking_store(tmp_path, session_store) -> str:
 @pytest.fixture(scope="session")
 def logged_models(session_store, tiny_onnx, tiny_checkpoint, tiny_config) -> dict[str, str]:
     """Both flavors of the tiny model, logged once: {"onnx-chat": uri, "transformers-chat": uri}."""
-    from slmflow.flavors import log_onnx_chat_model, log_transformers_chat_model
+    from slmflow.flavors.onnx_chat import log_onnx_chat_model
+    from slmflow.flavors.transformers_chat import log_transformers_chat_model
 
     _use_store(session_store)
     with mlflow.start_run():
@@ -114,78 +111,9 @@ def tracking_server(tmp_path_factory):
     Tests that need isolation use their own experiment or registered model name on it. The
     credentials go to child processes through the environment, as a scheduled job's would.
     """
-    from tests.tracking_server import team_tracking_server
-
     with team_tracking_server(tmp_path_factory.mktemp("tracking-server"), free_port) as server:
         os.environ.update(server.credentials)
         yield server
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def run_command(command: list[str], cwd: Path, timeout: float = 600, **env: str) -> subprocess.CompletedProcess:
-    """Run a command with the test environment (tracking store, cache) plus `env`; capture its output."""
-    return subprocess.run(
-        command,
-        cwd=cwd,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
-def mlflow_cli() -> list[str]:
-    return [sys.executable, "-m", "mlflow"]
-
-
-def http_status(url: str, timeout: float = 5) -> int:
-    """The status of a GET, or 0 while nothing answers."""
-    import urllib.error
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.status
-    except urllib.error.HTTPError as error:
-        return error.code
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        return 0
-
-
-@contextlib.contextmanager
-def launched_server(command: list[str], ready_url: str, log_path: Path, timeout: float = 300, **env: str):
-    """A server started in the project folder, in its own process group, yielded once `ready_url` answers 200;
-    the whole group is killed after."""
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            command,
-            cwd=PROJECT_DIR,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env={**os.environ, **env},
-        )
-        try:
-            deadline = time.monotonic() + timeout
-            while http_status(ready_url) != 200:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"{command[:4]} did not become ready; see {log_path}")
-                time.sleep(0.5)
-            yield process
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=20)
-            with contextlib.suppress(ProcessLookupError):  # whatever the group still holds
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 @pytest.fixture(scope="session")
@@ -199,3 +127,10 @@ def spark():
     )
     yield session
     session.stop()
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Tests under tests/e2e run real processes (`mlflow run`, servers, Spark): mark them, for `-m "not e2e"`."""
+    for item in items:
+        if "e2e" in Path(str(item.fspath)).relative_to(PROJECT_DIR / "tests").parts[:1]:
+            item.add_marker(pytest.mark.e2e)

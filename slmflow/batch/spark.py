@@ -21,7 +21,7 @@ import mlflow
 
 from slmflow.batch.row_model import NO_ERROR, REQUEST_COLUMN, WRAPPED_ARTIFACT
 from slmflow.errors import PipelineError
-from slmflow.requests import SAMPLING_FIELDS
+from slmflow.policy import SAMPLING_FIELDS
 
 ROW_MODEL_CODE = Path(__file__).resolve().parent / "row_model.py"
 RESULT_TYPE = (
@@ -70,7 +70,7 @@ def generation_defaults(values: Mapping[str, str | None]) -> dict[str, Any]:
     request model before any row is read."""
     from pydantic import ValidationError
 
-    from slmflow.requests import SamplingSettings
+    from slmflow.policy import SamplingSettings
 
     defaults = {name: _number(text) for name, text in values.items() if text not in (None, "")}
     try:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from slmflow.chat import parse_messages
+from slmflow.chat.request import parse_messages
 from slmflow.errors import ConfigError
 
 

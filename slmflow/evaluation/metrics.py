@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from slmflow.chat import answer_text, single_prediction
+from slmflow.chat.response import answer_text, single_prediction
 from slmflow.evaluation.dataset import EvalExample
 
 

@@ -54,8 +54,7 @@ class StepContract:
 
     def mlproject_entry(self) -> dict:
         parameters = {
-            p.name: "string" if p.default is None else {"type": "string", "default": p.default}
-            for p in self.parameters
+            p.name: "string" if p.default is None else {"type": "string", "default": p.default} for p in self.parameters
         }
         return {"parameters": parameters, "command": self.command}
 

@@ -1,7 +1,7 @@
 """The `main` entry point's logic: run each step as a child MLflow Project run, reusing finished ones.
 
 A step is reused when a FINISHED run of the same entry point carries the same cache key: what the
-step runs (its code, the library and the pinned environment), the config sections it reads (the
+step runs (its file, the project modules it imports and the pinned environment), the config sections it reads (the
 same from any checkout) and what its inputs are (content digests, or URIs that name immutable
 things). Neither the checkout's path, the machine nor the git commit is in it: a README-only commit
 reuses every step; the commit is recorded as a tag for lineage.
@@ -20,42 +20,21 @@ import mlflow
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
+from slmflow import tags
+from slmflow.code import PROJECT_DIR, code_digest
 from slmflow.config import PipelineConfig, Settings
 from slmflow.errors import StepFailedError
+from slmflow.fetch.sources import resolve_revision
 from slmflow.pipeline.contract import STEPS, StepContract
 from slmflow.pipeline.step import (
     CACHE_KEY_ENV,
-    CACHE_KEY_TAG,
-    CONTENT_TAG_PREFIX,
-    ERROR_TAG,
-    OUTPUT_TAG_PREFIX,
     set_outputs,
 )
-from slmflow.sources import resolve_revision
-
-PROJECT_DIR = Path(__file__).resolve().parents[2]
-SOURCE_REVISION_TAG = "slmflow.source_revision"
-PROJECT_ENV_TAG = "mlflow.project.env"
-# The pinned environment: a changed pin redoes every step.
-ENVIRONMENT_FILES = ("requirements.txt", "conda.yaml")
 
 
 def code_hash(entry_points: tuple[str, ...], project_dir: Path = PROJECT_DIR) -> str:
-    """What the steps run: their own files, the library, its data and the pinned environment."""
-    digest = hashlib.sha256()
-    files = [project_dir / "steps" / f"{entry_point}.py" for entry_point in entry_points]
-    files += sorted((project_dir / "slmflow").rglob("*.py"))
-    files += sorted((project_dir / "slmflow" / "data").glob("*"))
-    files += [project_dir / name for name in ENVIRONMENT_FILES]
-    for path in files:
-        digest.update(path.relative_to(project_dir).as_posix().encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
-def pipeline_code_hash(project_dir: Path = PROJECT_DIR) -> str:
-    """The code of every pipeline step: part of a registered version's identity."""
-    return code_hash(tuple(name for name, step in STEPS.items() if step.in_pipeline), project_dir)
+    """What the steps run: their own files, the project code they import (transitively) and the pins."""
+    return code_digest([project_dir / "steps" / f"{entry_point}.py" for entry_point in entry_points], project_dir)
 
 
 @dataclass(frozen=True)
@@ -92,11 +71,11 @@ class StepResult:
     cached: bool
 
     def output(self, name: str) -> Handoff:
-        tags = self.run.data.tags
-        value = tags.get(OUTPUT_TAG_PREFIX + name)
+        recorded = self.run.data.tags
+        value = recorded.get(tags.OUTPUT_PREFIX + name)
         if value is None:
             raise StepFailedError(f"step run {self.run.info.run_id} recorded no output '{name}'")
-        return Handoff(value, tags.get(CONTENT_TAG_PREFIX + name, value))
+        return Handoff(value, recorded.get(tags.CONTENT_PREFIX + name, value))
 
 
 class StepRunner:
@@ -109,7 +88,7 @@ class StepRunner:
             raise RuntimeError("StepRunner needs an active parent run")
         self.parent = self.client.get_run(parent.info.run_id)
         self.experiment_id = self.parent.info.experiment_id
-        self.env_manager = self.parent.data.tags.get(PROJECT_ENV_TAG, "local")
+        self.env_manager = self.parent.data.tags.get(tags.PROJECT_ENV, "local")
         self.config = config
         self.use_cache = use_cache
         self.project_uri = project_uri
@@ -130,7 +109,7 @@ class StepRunner:
         """Only FINISHED runs count: a child left RUNNING by a killed parent is never taken for a result."""
         runs = self.client.search_runs(
             [self.experiment_id],
-            filter_string=f"tags.`{CACHE_KEY_TAG}` = '{key}' and attributes.status = 'FINISHED'",
+            filter_string=f"tags.`{tags.CACHE_KEY}` = '{key}' and attributes.status = 'FINISHED'",
             order_by=["attributes.start_time DESC"],
             max_results=1,
         )
@@ -158,18 +137,18 @@ class StepRunner:
     def _failure_message(self, entry_point: str, error: Exception) -> str:
         children = self.client.search_runs(
             [self.experiment_id],
-            filter_string=f"tags.`mlflow.parentRunId` = '{self.parent.info.run_id}' "
-            f"and tags.`mlflow.project.entryPoint` = '{entry_point}'",
+            filter_string=f"tags.`{tags.PARENT_RUN_ID}` = '{self.parent.info.run_id}' "
+            f"and tags.`{tags.PROJECT_ENTRY_POINT}` = '{entry_point}'",
             order_by=["attributes.start_time DESC"],
             max_results=1,
         )
-        cause = children[0].data.tags.get(ERROR_TAG) if children else None
+        cause = children[0].data.tags.get(tags.ERROR) if children else None
         return f"step '{entry_point}' failed: {cause or error}"
 
     def _record(self, entry_point: str, result: StepResult) -> None:
         run_id = self.parent.info.run_id
-        self.client.set_tag(run_id, f"slmflow.step.{entry_point}.run_id", result.run.info.run_id)
-        self.client.set_tag(run_id, f"slmflow.step.{entry_point}.cached", str(result.cached).lower())
+        self.client.set_tag(run_id, tags.step_run_id(entry_point), result.run.info.run_id)
+        self.client.set_tag(run_id, tags.step_cached(entry_point), str(result.cached).lower())
         print(
             f"step {entry_point}: {'reused' if result.cached else 'ran'} run {result.run.info.run_id}",
             flush=True,
@@ -181,7 +160,7 @@ def run_pipeline(config: PipelineConfig, config_arg: str, use_cache: bool, setti
     runner = StepRunner(config, use_cache)
     # Resolved before any cache lookup: a followed hub branch counts by the commit it points at now.
     revision = resolve_revision(config.source, settings)
-    mlflow.set_tag(SOURCE_REVISION_TAG, revision)
+    mlflow.set_tag(tags.SOURCE_REVISION, revision)
     fetched = runner.run("fetch_model", {"config": config_arg, "revision": revision})
     onnx = runner.run("log_onnx_wrapper", {"config": config_arg, "onnx_uri": fetched.output("onnx_uri")})
     transformers = runner.run(

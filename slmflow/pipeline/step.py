@@ -9,19 +9,13 @@ import traceback
 from collections.abc import Callable, Mapping, Sequence
 from typing import NoReturn
 
+from slmflow import tags
 from slmflow.config import PipelineConfig, Settings, load_config
 from slmflow.errors import PipelineError
 from slmflow.pipeline.contract import StepContract
 
-ERROR_TAG = "slmflow.error"
-ENTRY_POINT_TAG = "mlflow.project.entryPoint"
-CONFIG_HASH_TAG = "slmflow.config_hash"
-CACHE_KEY_TAG = "slmflow.cache_key"
 # `main` hands each child step its cache key through the environment; the step records it as it starts.
 CACHE_KEY_ENV = "SLMFLOW_STEP_CACHE_KEY"
-OUTPUT_TAG_PREFIX = "slmflow.output."
-# What an output is, for cache keys downstream: a content digest where the output's name (a URI) is not one.
-CONTENT_TAG_PREFIX = "slmflow.content."
 
 StepBody = Callable[[argparse.Namespace, PipelineConfig, Settings], None]
 
@@ -33,15 +27,15 @@ def run_step(step: StepContract, body: StepBody, argv: Sequence[str] | None = No
 
     with mlflow.start_run() as run:
         if os.environ.get(CACHE_KEY_ENV):
-            mlflow.set_tag(CACHE_KEY_TAG, os.environ[CACHE_KEY_ENV])
-        entry_point = run.data.tags.get(ENTRY_POINT_TAG)
+            mlflow.set_tag(tags.CACHE_KEY, os.environ[CACHE_KEY_ENV])
+        entry_point = run.data.tags.get(tags.PROJECT_ENTRY_POINT)
         if entry_point:  # a step run is named after its entry point instead of a random name
-            mlflow.set_tag("mlflow.runName", entry_point)
+            mlflow.set_tag(tags.RUN_NAME, entry_point)
         try:
             config = load_config(args.config)
             if needs_no_network(config):
                 enable_offline_mode()
-            mlflow.set_tag(CONFIG_HASH_TAG, config.config_hash())
+            mlflow.set_tag(tags.CONFIG_HASH, config.config_hash())
             body(args, config, Settings.from_environment())
         except Exception as error:  # every failure ends the run FAILED with its cause recorded
             _fail(mlflow, run.info.run_id, error)
@@ -53,9 +47,9 @@ def set_outputs(step: StepContract, contents: Mapping[str, str] | None = None, *
 
     step.check_outputs(outputs)
     step.check_outputs(tuple(contents or ()))
-    tags = {OUTPUT_TAG_PREFIX + name: str(value) for name, value in outputs.items()}
-    tags.update({CONTENT_TAG_PREFIX + name: digest for name, digest in (contents or {}).items()})
-    mlflow.set_tags(tags)
+    values = {tags.OUTPUT_PREFIX + name: str(value) for name, value in outputs.items()}
+    values.update({tags.CONTENT_PREFIX + name: digest for name, digest in (contents or {}).items()})
+    mlflow.set_tags(values)
 
 
 def needs_no_network(config: PipelineConfig) -> bool:
@@ -73,7 +67,7 @@ def _fail(mlflow, run_id: str, error: Exception) -> NoReturn:
     message = f"{type(error).__name__}: {error}"
     if not isinstance(error, PipelineError):
         traceback.print_exc()
-    mlflow.MlflowClient().set_tag(run_id, ERROR_TAG, message[:4000])
+    mlflow.MlflowClient().set_tag(run_id, tags.ERROR, message[:4000])
     mlflow.end_run(status="FAILED")
     print(f"error: {message}", file=sys.stderr, flush=True)
     raise SystemExit(1)

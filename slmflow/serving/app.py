@@ -5,7 +5,7 @@ Every error has OpenAI's shape, `{"error": {"message", "type", "param", "code"}}
 stays up through all of them. Limits are checked before any work: the API key (401), the body size
 (413, counted while reading, so a lying Content-Length does not help), the content type (415; no
 Content-Type is read as JSON), the wait queue (429 with Retry-After), then the request itself (400
-naming the field, through the one request model in `slmflow.requests`).
+naming the field, through the one request model in `slmflow.chat.request`).
 """
 
 from __future__ import annotations
@@ -27,8 +27,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from slmflow.chat import chat_completion, chat_completion_chunk
-from slmflow.requests import BadRequestError, SamplingSettings, parse_chat_completion
+from slmflow.chat.request import parse_chat_completion
+from slmflow.chat.response import chat_completion, chat_completion_chunk
+from slmflow.errors import BadRequestError
+from slmflow.policy import SamplingSettings
 from slmflow.serving.batcher import Accepted, Batcher, Delta, Failed, Finished, QueueFullError, Ticket
 from slmflow.serving.engines import ServedModel, load_served_model
 

@@ -20,7 +20,7 @@ from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from slmflow.requests import SamplingSettings
+from slmflow.policy import SamplingSettings
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,14 @@ from typing import Any
 
 import mlflow
 
-from slmflow.chat import single_prediction
-from slmflow.onnx_chat import Completion, OnnxChatEngine, first_stop
-from slmflow.requests import BadRequestError, ChatRequest, SamplingSettings
+from slmflow import tags
+from slmflow.chat.onnx.engine import OnnxChatEngine
+from slmflow.chat.onnx.rows import Completion
+from slmflow.chat.request import ChatRequest
+from slmflow.chat.response import single_prediction
+from slmflow.chat.stopping import first_stop
+from slmflow.errors import BadRequestError
+from slmflow.policy import SamplingSettings
 from slmflow.serving.batcher import Engine
 
 
@@ -44,11 +49,11 @@ def load_served_model(model_uri: str) -> ServedModel:
     """Load the model once, from any MLflow model URI, and pick its engine by flavor."""
     pyfunc = mlflow.pyfunc.load_model(model_uri)
     if "transformers" in pyfunc.metadata.flavors:
-        flavor, engine = "transformers-chat", PredictEngine(pyfunc)
+        flavor, engine = tags.TRANSFORMERS_MODEL_NAME, PredictEngine(pyfunc)
         defaults = engine.defaults
     else:
         python_model = pyfunc.unwrap_python_model()
-        flavor, engine = "onnx-chat", getattr(python_model, "engine", None)
+        flavor, engine = tags.ONNX_MODEL_NAME, getattr(python_model, "engine", None)
         if not isinstance(engine, OnnxChatEngine):
             raise ValueError(f"{model_uri} is neither an onnx-chat nor a transformers-chat model")
         defaults = python_model.defaults
@@ -58,7 +63,7 @@ def load_served_model(model_uri: str) -> ServedModel:
         engine=engine,
         defaults=defaults,
         context_length=engine.context_length,
-        streams_tokens=flavor == "onnx-chat",
+        streams_tokens=flavor == tags.ONNX_MODEL_NAME,
         created=int(time.time()),
     )
 

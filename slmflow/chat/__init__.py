@@ -1,0 +1,1 @@
+"""The chat model: the typed request, the response shapes, the ONNX GenAI engine and its pyfunc."""

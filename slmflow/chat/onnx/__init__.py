@@ -1,0 +1,1 @@
+"""The onnxruntime-genai generation engine: prompts, rows and step-wise batched decoding."""

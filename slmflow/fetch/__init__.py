@@ -1,0 +1,1 @@
+"""Getting a model: sources (builtin, local folder, hub), the ONNX GenAI build and the local cache."""

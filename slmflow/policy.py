@@ -1,0 +1,129 @@
+"""The generation policy a model carries: typed sampling settings, their defaults, and per-request limits.
+
+One definition of every field and bound, used by the pipeline config (`generation`), the chat request
+model, the pyfunc model, `mlflow models serve`, Spark and the OpenAI-compatible server alike.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+INT32_MAX = 2**31 - 1  # onnxruntime-genai reads seeds and lengths as int32
+MAX_STOP_STRINGS = 4  # as OpenAI
+MAX_STOP_CHARS = 256
+# C0 controls (but tab, newline, carriage return), DEL and lone surrogates: the chat template and
+# the tokenizer cannot carry them (a NUL silently ends the prompt there).
+_FORBIDDEN_CHARACTERS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
+
+
+def plain(value: Any) -> Any:
+    """Numpy scalars and arrays (what a DataFrame hands over) as plain Python values."""
+    if hasattr(value, "tolist") and not isinstance(value, str | bytes):
+        return value.tolist()
+    return value
+
+
+def _integer(value: Any) -> int:
+    value = plain(value)
+    if isinstance(value, bool):
+        raise ValueError("must be an integer, not a boolean")
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)  # a DataFrame column with a missing value holds floats
+    if not isinstance(value, int):
+        raise ValueError("must be an integer")
+    return value
+
+
+def _real(value: Any) -> float:
+    value = plain(value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be a number")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("must be a finite number")
+    return float(value)
+
+
+def _stop_strings(value: Any) -> tuple[str, ...]:
+    value = plain(value)
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list | tuple) or not all(isinstance(s, str) and s for s in value):
+        raise ValueError("must be a non-empty string or a list of them")
+    if len(value) > MAX_STOP_STRINGS:
+        raise ValueError(f"takes at most {MAX_STOP_STRINGS} strings, got {len(value)}")
+    if any(len(s) > MAX_STOP_CHARS for s in value):
+        raise ValueError(f"strings must be at most {MAX_STOP_CHARS} characters")
+    for s in value:
+        refuse_control_characters(s)
+    return tuple(value)
+
+
+def refuse_control_characters(text: str) -> str:
+    found = _FORBIDDEN_CHARACTERS.search(text)
+    if found:
+        raise ValueError(
+            f"holds the control character U+{ord(found.group()):04X} at position {found.start()}, "
+            "which the model cannot read"
+        )
+    return text
+
+
+# The typed fields: one definition of each limit, used by requests and by the pipeline config.
+MaxTokens = Annotated[int, BeforeValidator(_integer), Field(ge=1, le=INT32_MAX)]
+Temperature = Annotated[float, BeforeValidator(_real), Field(ge=0.0, le=2.0)]
+TopP = Annotated[float, BeforeValidator(_real), Field(gt=0.0, le=1.0)]
+TopK = Annotated[int, BeforeValidator(_integer), Field(ge=1, le=INT32_MAX)]
+Seed = Annotated[int, BeforeValidator(_integer), Field(ge=0, le=INT32_MAX)]
+MinTokens = Annotated[int, BeforeValidator(_integer), Field(ge=0, le=INT32_MAX)]
+StopStrings = Annotated[tuple[str, ...], BeforeValidator(_stop_strings)]
+SAMPLING_FIELDS = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "min_tokens")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class SamplingSettings(Strict):
+    """The generation settings of one row, defaults filled in."""
+
+    max_tokens: MaxTokens = 64
+    temperature: Temperature = 0.0
+    top_p: TopP = 1.0
+    top_k: TopK = 50
+    seed: Seed | None = None
+    stop: StopStrings = ()
+    min_tokens: MinTokens = 0
+    max_tokens_explicit: bool = Field(False, description="the request asked for max_tokens itself")
+
+    @model_validator(mode="after")
+    def _min_tokens_within_max_tokens(self) -> SamplingSettings:
+        if self.min_tokens > self.max_tokens:
+            raise ValueError(f"min_tokens ({self.min_tokens}) must not exceed max_tokens ({self.max_tokens})")
+        return self
+
+    def batch_key(self) -> tuple:
+        """Rows with equal keys can share one generator. Stop strings and max_tokens are per row;
+        min_tokens is not (it holds back EOS for the whole batch). Greedy rows ignore the sampling knobs."""
+        if self.temperature == 0:
+            return (0.0, self.min_tokens)
+        return (self.temperature, self.top_p, self.top_k, self.seed, self.min_tokens)
+
+
+DEFAULT_SETTINGS = SamplingSettings()
+
+
+class RequestLimits(Strict):
+    """Bounds on the work one request may ask for."""
+
+    max_rows: int = Field(64, ge=1, description="rows per request")
+    max_total_tokens: int = Field(32768, ge=1, description="rows x (prompt tokens + max_tokens) per request")
+    max_request_chars: int = Field(
+        4_000_000, ge=1, description="characters of text per request, checked before any tokenizing"
+    )
+    timeout_seconds: float = Field(
+        50.0, gt=0, description="generation stops after this; below the scoring server's 60 s timeout"
+    )

@@ -1,0 +1,1 @@
+"""The model registry: pure selection and gate rules, the registrar that writes, rollback."""

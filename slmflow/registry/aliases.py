@@ -1,0 +1,66 @@
+"""The aliases of a registered model, read strictly, and the rollback that swaps two of them.
+
+- `champion`: the version in service, the latest candidate that passed every gate (or a rollback's target).
+- `challenger`: the latest registered candidate when it is not the champion, that is a version parked
+  after failing its gates (`register_on_gate_failure: true`); removed when a newer candidate is promoted.
+- `previous-champion`: the champion before the last move, what `rollback` moves `champion` back to.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+from mlflow.tracking import MlflowClient
+
+from slmflow import tags
+from slmflow.errors import RegistryError, RollbackError
+
+CHAMPION, CHALLENGER, PREVIOUS_CHAMPION = "champion", "challenger", "previous-champion"
+
+
+def aliased_version(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
+    """The version behind an alias, or None when the model or the alias does not exist; any other failure is raised."""
+    try:
+        model = client.get_registered_model(name)
+        version = model.aliases.get(alias)
+        return None if version is None else client.get_model_version(name, str(version))
+    except MlflowException as error:
+        if error.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            return None
+        raise registry_error(f"cannot read the {alias} of '{name}'", error) from error
+
+
+@dataclass(frozen=True)
+class Rollback:
+    name: str
+    from_version: str
+    to_version: str
+
+
+def rollback(name: str, client: MlflowClient | None = None) -> Rollback:
+    """Move `champion` back to `previous-champion`; the version rolled back from becomes `previous-champion`."""
+    client = client or MlflowClient()
+    try:
+        client.get_registered_model(name)
+    except MlflowException as error:
+        if error.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            raise RollbackError(f"no registered model named '{name}'") from None
+        raise registry_error(f"cannot read '{name}'", error) from error
+    champion = aliased_version(client, name, CHAMPION)
+    previous = aliased_version(client, name, PREVIOUS_CHAMPION)
+    if champion is None:
+        raise RollbackError(f"'{name}' has no {CHAMPION}: nothing to roll back")
+    if previous is None:
+        raise RollbackError(f"'{name}' has no {PREVIOUS_CHAMPION}: version {champion.version} was the first champion")
+    client.set_registered_model_alias(name, CHAMPION, previous.version)
+    client.set_registered_model_alias(name, PREVIOUS_CHAMPION, champion.version)
+    client.set_model_version_tag(name, champion.version, tags.DECISION, f"rolled back to version {previous.version}")
+    client.set_model_version_tag(name, previous.version, tags.DECISION, "promoted to champion by rollback")
+    return Rollback(name, str(champion.version), str(previous.version))
+
+
+def registry_error(what: str, error: MlflowException) -> RegistryError:
+    return RegistryError(f"{what}: {error.error_code}: {error.message}")

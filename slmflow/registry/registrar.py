@@ -1,0 +1,192 @@
+"""Registering the chosen candidate: its version, tags and description, then its aliases (never stages)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST, ErrorCode
+from mlflow.tracking import MlflowClient
+
+from slmflow import tags
+from slmflow.config import RegistryConfig
+from slmflow.errors import GateFailedError
+from slmflow.registry.aliases import CHALLENGER, CHAMPION, PREVIOUS_CHAMPION, aliased_version, registry_error
+from slmflow.registry.rules import Candidate, gate_failures, gates_summary
+
+
+@dataclass
+class RegistrationResult:
+    version: ModelVersion
+    created: bool
+    promoted: bool
+
+
+class Registrar:
+    def __init__(self, config: RegistryConfig, client: MlflowClient | None = None) -> None:
+        self.config = config
+        self.client = client or MlflowClient()
+
+    def champion(self) -> ModelVersion | None:
+        """The champion, or None when the model or the alias does not exist; any other failure is raised."""
+        return aliased_version(self.client, self.config.model_name, CHAMPION)
+
+    @staticmethod
+    def recorded_metrics(version: ModelVersion) -> dict[str, float]:
+        return {
+            key[len(tags.METRIC_PREFIX) :]: float(value)
+            for key, value in version.tags.items()
+            if key.startswith(tags.METRIC_PREFIX)
+        }
+
+    def find_registered(self, identity: Mapping[str, str]) -> ModelVersion | None:
+        """The version already registered from the same source revision, config and code, if any."""
+        same = self._versions_with(identity)
+        return same[0] if same else None
+
+    def _versions_with(self, identity: Mapping[str, str]) -> list[ModelVersion]:
+        """Every version of that identity, oldest first."""
+        name = self.config.model_name
+        try:
+            versions = self.client.search_model_versions(f"name = '{name}'")
+        except MlflowException as error:
+            if error.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+                return []
+            raise registry_error(f"cannot list the versions of '{name}'", error) from error
+        same = [v for v in versions if all(v.tags.get(key) == identity[key] for key in tags.IDENTITY)]
+        return sorted(same, key=lambda v: int(v.version))
+
+    def register(
+        self, candidate: Candidate, identity: Mapping[str, str], lineage: Mapping[str, str], description: str
+    ) -> RegistrationResult:
+        """Register and promote a candidate that passes the gates; refuse (or park) one that does not."""
+        existing = self.find_registered(identity)
+        if existing is not None:
+            if existing.tags.get(tags.ALIASES_SET) != "true":
+                # A job killed between creating this version and moving the aliases: finish its promotion.
+                return self._settle(existing, passed=existing.tags.get("gates") == "passed", created=False)
+            return RegistrationResult(existing, created=False, promoted=False)
+        champion = self.champion()
+        failures = gate_failures(
+            candidate.metrics, self.config.gates, self.recorded_metrics(champion) if champion else None
+        )
+        if failures and not self.config.register_on_gate_failure:
+            raise GateFailedError(self._refusal(candidate, failures, None, champion))
+        version = self._create_version(candidate, identity, lineage, description, failures)
+        first = self._versions_with(identity)[0]
+        if first.version != version.version:
+            # A concurrent run registered the same identity first: keep its version, withdraw ours.
+            self.client.delete_model_version(self.config.model_name, version.version)
+            return RegistrationResult(first, created=False, promoted=False)
+        result = self._settle(version, passed=not failures, created=True)
+        if failures:
+            raise GateFailedError(self._refusal(candidate, failures, version, champion))
+        return result
+
+    def _settle(self, version: ModelVersion, passed: bool, created: bool) -> RegistrationResult:
+        """Move the aliases for a registered version, then mark it settled (the last write of a registration)."""
+        name = self.config.model_name
+        if passed:
+            champion = self.champion()
+            self.client.set_registered_model_alias(name, CHAMPION, version.version)
+            if champion is not None and champion.version != version.version:
+                self.client.set_registered_model_alias(name, PREVIOUS_CHAMPION, champion.version)
+            if aliased_version(self.client, name, CHALLENGER) is not None:  # the latest candidate is champion now
+                self.client.delete_registered_model_alias(name, CHALLENGER)
+        else:
+            self.client.set_registered_model_alias(name, CHALLENGER, version.version)
+        self.client.set_model_version_tag(name, version.version, tags.ALIASES_SET, "true")
+        return RegistrationResult(self.client.get_model_version(name, version.version), created, promoted=passed)
+
+    def _create_version(self, candidate, identity, lineage, description, failures) -> ModelVersion:
+        import mlflow
+
+        all_tags = {**lineage, **identity, tags.FLAVOR: candidate.flavor}
+        all_tags.update({tags.METRIC_PREFIX + k: repr(float(v)) for k, v in candidate.metrics.items()})
+        all_tags["gates"] = "failed: " + "; ".join(failures) if failures else "passed"
+        all_tags[tags.DECISION] = "parked as challenger" if failures else "promoted to champion"
+        self._describe_registered_model()
+        version = mlflow.register_model(candidate.model_uri, self.config.model_name, tags=all_tags)
+        outcome = (
+            f"Gates failed: {'; '.join(failures)}. Parked as `{CHALLENGER}`; `{CHAMPION}` did not move."
+            if failures
+            else f"Gates passed ({gates_summary(self.config.gates)}). Promoted to `{CHAMPION}`."
+        )
+        self.client.update_model_version(
+            self.config.model_name, version.version, description=f"{description}\n\n{outcome}"
+        )
+        return self.client.get_model_version(self.config.model_name, version.version)
+
+    def _describe_registered_model(self) -> None:
+        """The registered model's description (what it is, what its aliases mean) and its tags."""
+        name = self.config.model_name
+        try:  # a concurrent run may create it between a look-up and a create: creating first cannot race
+            self.client.create_registered_model(name)
+        except MlflowException as error:
+            if error.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+                raise
+        self.client.update_registered_model(name, description=registered_model_description(name))
+        wanted = {
+            "task": "llm/v1/chat",
+            "selection_rule": self.config.selection.rule,
+            "gates": gates_summary(self.config.gates),
+            "aliases": f"{CHAMPION}, {CHALLENGER}, {PREVIOUS_CHAMPION}",
+        }
+        current = self.client.get_registered_model(name).tags
+        for key, value in wanted.items():
+            if current.get(key) == value:
+                continue
+            try:
+                self.client.set_registered_model_tag(name, key, value)
+            except MlflowException:
+                # MLflow's tag upsert is not atomic: a concurrent run setting the same tag makes it fail.
+                if self.client.get_registered_model(name).tags.get(key) != value:
+                    raise
+
+    def _refusal(
+        self,
+        candidate: Candidate,
+        failures: list[str],
+        registered: ModelVersion | None,
+        champion: ModelVersion | None,
+    ) -> str:
+        kept = f"champion stays at version {champion.version}" if champion else "there is no champion"
+        parked = (
+            f"registered as version {registered.version} without promotion; " if registered else "nothing registered; "
+        )
+        return (
+            f"candidate {candidate.flavor} ({candidate.model_uri}) failed the gates of "
+            f"'{self.config.model_name}': {'; '.join(failures)}. {parked}{kept}"
+        )
+
+
+def registered_model_description(name: str) -> str:
+    return (
+        f"Chat model (OpenAI chat request and response) registered by slmflow: each version is the better of the "
+        f"`onnx-chat` and `transformers-chat` flavors of one evaluated pipeline run, its metrics on the logged "
+        f"model and its choice explained in its description.\n\n"
+        f"Aliases:\n"
+        f"- `{CHAMPION}`: the version in service, the latest candidate that passed every gate.\n"
+        f"- `{CHALLENGER}`: the latest registered candidate when it is not the champion "
+        f"(a version parked after failing its gates).\n"
+        f"- `{PREVIOUS_CHAMPION}`: the champion before the last move.\n\n"
+        f"Serve `models:/{name}@{CHAMPION}`. Roll back with `python -m slmflow.registry rollback {name}`, "
+        f"which swaps `{CHAMPION}` and `{PREVIOUS_CHAMPION}`."
+    )
+
+
+def candidates_from_evaluation(run) -> dict[str, Candidate]:
+    """The evaluated models and their metrics, as the evaluate step logged them."""
+    candidates = {}
+    for tag, model_uri in run.data.tags.items():
+        if tag.startswith(tags.CANDIDATE_PREFIX):
+            flavor = tag[len(tags.CANDIDATE_PREFIX) :]
+            metrics = {
+                key[len(flavor) + 1 :]: value for key, value in run.data.metrics.items() if key.startswith(flavor + "/")
+            }
+            candidates[flavor] = Candidate(flavor, model_uri, metrics)
+    if not candidates:
+        raise GateFailedError(f"evaluate run {run.info.run_id} recorded no evaluated models")
+    return candidates

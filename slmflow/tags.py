@@ -1,0 +1,62 @@
+"""Every tag, tag prefix and model name the project writes or reads, declared once (as MLflow's `mlflow_tags.py`).
+
+Writers and readers (the steps, the runner, the summary, the registrar, the server, the tests) import
+these names instead of spelling the strings, so a rename is one edit and a typo is an import error.
+"""
+
+from __future__ import annotations
+
+# MLflow's own tags that the project sets or reads.
+RUN_NAME = "mlflow.runName"
+NOTE = "mlflow.note.content"  # a run's description in the UI
+PARENT_RUN_ID = "mlflow.parentRunId"
+PROJECT_ENTRY_POINT = "mlflow.project.entryPoint"
+PROJECT_ENV = "mlflow.project.env"
+GIT_COMMIT = "mlflow.source.git.commit"
+EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND_MODEL_DEVELOPMENT = "custom_model_development"
+
+# The two logged chat models: their names in the evaluation, the registry and the server.
+ONNX_MODEL_NAME = "onnx-chat"
+TRANSFORMERS_MODEL_NAME = "transformers-chat"
+
+# Step runs.
+ERROR = "slmflow.error"  # why a step failed, in one line
+CONFIG_HASH = "slmflow.config_hash"
+CACHE_KEY = "slmflow.cache_key"
+OUTPUT_PREFIX = "slmflow.output."  # a step's declared outputs, read by `main`
+CONTENT_PREFIX = "slmflow.content."  # what an output holds, for cache keys downstream
+CANDIDATE_PREFIX = "slmflow.candidate."  # on the evaluate run: each evaluated model's URI, by model name
+
+# The parent (`main`) run and its experiment.
+SOURCE_REVISION = "slmflow.source_revision"
+EXPERIMENT_CONFIG = "slmflow.config"
+_STEP_PREFIX = "slmflow.step."
+
+
+def step_run_id(entry_point: str) -> str:
+    """The parent's tag holding the run id of one of its steps."""
+    return f"{_STEP_PREFIX}{entry_point}.run_id"
+
+
+def step_cached(entry_point: str) -> str:
+    """The parent's tag saying ("true"/"false") whether a step's run was reused."""
+    return f"{_STEP_PREFIX}{entry_point}.cached"
+
+
+def steps_recorded(tags: dict[str, str]) -> dict[str, tuple[str, bool]]:
+    """The steps a parent run recorded: {entry point: (run id, reused)}."""
+    found = {}
+    for key, value in tags.items():
+        if key.startswith(_STEP_PREFIX) and key.endswith(".run_id"):
+            entry_point = key.removeprefix(_STEP_PREFIX).removesuffix(".run_id")
+            found[entry_point] = (value, tags.get(step_cached(entry_point)) == "true")
+    return found
+
+
+# Model versions in the registry.
+DECISION = "decision"  # what registration did with the version: promoted to champion, or parked
+METRIC_PREFIX = "metric."
+ALIASES_SET = "aliases_set"  # a version's last write: without it, a killed job left its promotion unfinished
+FLAVOR = "flavor"
+IDENTITY = ("source_revision", "config_hash", "code_hash")  # the same three never get a second version

@@ -1,0 +1,1 @@
+"""What the tests and the benchmarks share: processes they start (servers, commands) and the team tracking server."""

@@ -1,0 +1,335 @@
+"""The OpenAI-compatible server as a real process on loopback, driven by the real `openai` client.
+
+Two servers, both on the tiny model registered as a champion: `onnx-chat` (token streaming,
+batching, an API key from the environment, a small body limit) and `transformers-chat` (answers
+through `predict`, a wait queue of one, so that a burst gets 429s).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import openai
+import pytest
+import requests
+import schemathesis
+from hypothesis import HealthCheck, settings
+from mlflow.tracking import MlflowClient
+from schemathesis.checks import (
+    content_type_conformance,
+    not_a_server_error,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from testkit.processes import free_port, launched_server
+
+API_KEY = f"sk-test-{uuid.uuid4().hex}"
+MAX_BODY_BYTES = 65536
+CAPITALS = {"Spain": "Madrid", "Kenya": "Nairobi", "Peru": "Lima", "Japan": "Tokyo"}
+
+
+@dataclass(frozen=True)
+class Server:
+    base: str
+    log: Path
+    name: str
+
+    def client(self, api_key: str = API_KEY) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.base}/v1", api_key=api_key, max_retries=0, timeout=120)
+
+    def metrics(self) -> str:
+        return requests.get(f"{self.base}/metrics", timeout=30).text
+
+
+def question(country: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": f"What is the capital of {country}?"}]
+
+
+def answer(country: str) -> str:
+    return f"The capital of {country} is {CAPITALS[country]}."
+
+
+def champion(model_uri: str, name: str) -> str:
+    version = mlflow.register_model(model_uri, name)
+    MlflowClient().set_registered_model_alias(name, "champion", version.version)
+    return f"models:/{name}@champion"
+
+
+def serve(uri: str, name: str, log: Path, *options: str, **env: str):
+    port = free_port()
+    command = [sys.executable, "-m", "slmflow.serve", "--model-uri", uri, "--port", str(port), *options]
+    return launched_server(command, f"http://127.0.0.1:{port}/ready", log, **env), Server(
+        f"http://127.0.0.1:{port}", log, name
+    )
+
+
+@pytest.fixture(scope="module")
+def onnx_server(logged_models, tmp_path_factory):
+    uri = champion(logged_models["onnx-chat"], "openai-tiny-chat")
+    log = tmp_path_factory.mktemp("onnx-server") / "server.log"
+    process, server = serve(
+        uri,
+        "openai-tiny-chat",
+        log,
+        "--max-batch-size",
+        "8",
+        "--max-queue",
+        "64",
+        "--max-body-bytes",
+        str(MAX_BODY_BYTES),
+        SLMFLOW_API_KEY=API_KEY,
+    )
+    with process:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def transformers_server(logged_models, tmp_path_factory):
+    uri = champion(logged_models["transformers-chat"], "openai-tiny-chat-transformers")
+    log = tmp_path_factory.mktemp("transformers-server") / "server.log"
+    process, server = serve(uri, "openai-tiny-chat-transformers", log, "--max-queue", "1", "--api-key", API_KEY)
+    with process:
+        yield server
+
+
+def assert_still_answers(server: Server) -> None:
+    reply = server.client().chat.completions.create(model=server.name, messages=question("Peru"), temperature=0)
+    assert reply.choices[0].message.content == answer("Peru")
+
+
+def test_plain_answer_with_usage(onnx_server):
+    reply = onnx_server.client().chat.completions.create(
+        model=onnx_server.name, messages=question("Spain"), temperature=0
+    )
+    assert reply.object == "chat.completion" and reply.model == onnx_server.name
+    assert reply.choices[0].message.content == answer("Spain")
+    assert reply.choices[0].finish_reason == "stop"
+    usage = reply.usage
+    assert usage.prompt_tokens > 5 and usage.completion_tokens > 5
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+
+
+def test_streamed_chunks_join_to_the_plain_answer(onnx_server):
+    client = onnx_server.client()
+    plain = client.chat.completions.create(model=onnx_server.name, messages=question("Kenya"), temperature=0)
+    chunks = list(
+        client.chat.completions.create(
+            model=onnx_server.name,
+            messages=question("Kenya"),
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert "".join(pieces) == plain.choices[0].message.content == answer("Kenya")
+    assert len(pieces) > 3  # token by token, not one block
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].choices == [] and chunks[-1].usage == plain.usage
+
+
+def test_stop_strings_end_the_answer_streamed_or_not(onnx_server):
+    client = onnx_server.client()
+    reply = client.chat.completions.create(
+        model=onnx_server.name, messages=question("Spain"), temperature=0, stop=["Madrid", " is"]
+    )
+    assert reply.choices[0].message.content == "The capital of Spain"
+    assert reply.choices[0].finish_reason == "stop"
+    stream = client.chat.completions.create(
+        model=onnx_server.name, messages=question("Spain"), temperature=0, stop="Madrid", stream=True
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in stream) == "The capital of Spain is "
+
+
+def test_a_seed_makes_sampling_repeatable(onnx_server):
+    client = onnx_server.client()
+
+    def sample(seed: int) -> str:
+        reply = client.chat.completions.create(
+            model=onnx_server.name,
+            messages=question("Japan"),
+            temperature=1.5,
+            top_p=1.0,
+            seed=seed,
+            max_tokens=24,
+        )
+        return reply.choices[0].message.content
+
+    assert sample(7) == sample(7)
+    assert sample(11) == sample(11)
+
+
+def test_models_health_and_ready(onnx_server):
+    models = onnx_server.client().models.list()
+    card = models.data[0].model_dump()
+    assert card["id"] == onnx_server.name and card["flavor"] == "onnx-chat" and card["streaming"] == "tokens"
+    assert card["context_length"] == 512 and card["max_batch_size"] == 8
+    assert requests.get(f"{onnx_server.base}/health", timeout=30).json() == {"status": "ok"}
+    assert requests.get(f"{onnx_server.base}/ready", timeout=30).status_code == 200
+
+
+def raw_post(server: Server, content, headers: dict[str, str]) -> requests.Response:
+    return requests.post(f"{server.base}/v1/chat/completions", data=content, headers=headers, timeout=120)
+
+
+def good_body(**fields) -> bytes:
+    return json.dumps({"model": "m", "messages": question("Spain"), **fields}).encode()
+
+
+JSON = {"Content-Type": "application/json"}
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+TOO_LARGE = good_body(user="x" * MAX_BODY_BYTES)
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status", "param"),
+    [
+        (json.dumps({"messages": [{"role": "pirate", "content": "x"}]}).encode(), AUTH | JSON, 400, "messages[0].role"),
+        (good_body(temperature=-1), AUTH | JSON, 400, "temperature"),
+        (good_body(max_tokens=100000), AUTH | JSON, 400, "max_tokens"),  # beyond the context
+        (good_body(n=2), AUTH | JSON, 400, "n"),
+        (b"{not json", AUTH | JSON, 400, None),
+        (good_body(), JSON, 401, None),
+        (good_body(), {"Authorization": "Bearer nope"} | JSON, 401, None),
+        (TOO_LARGE, AUTH | JSON, 413, None),
+        (iter([TOO_LARGE]), AUTH | JSON, 413, None),  # chunked: no Content-Length to refuse up front
+        (good_body(), AUTH | {"Content-Type": "text/plain"}, 415, None),
+    ],
+    ids=["role", "temperature", "context", "n", "json", "no-key", "wrong-key", "size", "size-chunked", "type"],
+)
+def test_each_error_is_answered_in_openai_shape_and_the_server_goes_on(onnx_server, body, headers, status, param):
+    response = raw_post(onnx_server, body, headers)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"]
+    assert error["param"] == param
+    assert "Traceback" not in response.text
+    assert_still_answers(onnx_server)
+
+
+def test_the_openai_client_raises_its_own_errors(onnx_server):
+    with pytest.raises(openai.BadRequestError) as bad:
+        onnx_server.client().chat.completions.create(model="m", messages=question("Spain"), top_p=0)
+    assert bad.value.body["param"] == "top_p"
+    with pytest.raises(openai.AuthenticationError):
+        onnx_server.client(api_key="wrong").chat.completions.create(model="m", messages=question("Spain"))
+    assert_still_answers(onnx_server)
+
+
+def test_a_body_without_content_type_is_read_as_json(onnx_server):
+    response = raw_post(onnx_server, good_body(temperature=0), AUTH)
+    assert response.status_code == 200
+    assert response.json()["choices"][0]["message"]["content"] == answer("Spain")
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    label_text = ",".join(f'{key}="{value}"' for key, value in labels.items())
+    pattern = rf"^{re.escape(name)}{re.escape('{' + label_text + '}') if labels else ''} (\S+)$"
+    match = re.search(pattern, text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+def test_32_concurrent_requests_from_4_clients_are_batched_and_all_right(onnx_server):
+    before = onnx_server.metrics()
+    clients = [onnx_server.client() for _ in range(4)]
+    jobs = [(clients[i % 4], country, i % 2 == 0) for i, country in enumerate(list(CAPITALS) * 8)]
+
+    def ask(job) -> str:
+        client, country, stream = job
+        if not stream:
+            reply = client.chat.completions.create(model="m", messages=question(country), temperature=0)
+            return reply.choices[0].message.content
+        chunks = client.chat.completions.create(model="m", messages=question(country), temperature=0, stream=True)
+        return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        answers = list(pool.map(ask, jobs))
+    assert answers == [answer(country) for _, country, _ in jobs]
+
+    after = onnx_server.metrics()
+    batches = metric_value(after, "slmflow_batch_size_count") - metric_value(before, "slmflow_batch_size_count")
+    single = metric_value(after, "slmflow_batch_size_bucket", le="1.0") - metric_value(
+        before, "slmflow_batch_size_bucket", le="1.0"
+    )
+    rows = metric_value(after, "slmflow_batch_size_sum") - metric_value(before, "slmflow_batch_size_sum")
+    assert rows == 32 and batches - single >= 1 and batches < 32  # some batches held more than one request
+    ok = metric_value(after, "slmflow_requests_total", route="/v1/chat/completions", status="200")
+    assert ok - metric_value(before, "slmflow_requests_total", route="/v1/chat/completions", status="200") == 32
+
+
+def test_metrics_count_requests_tokens_and_timings(onnx_server):
+    assert_still_answers(onnx_server)
+    text = onnx_server.metrics()
+    assert metric_value(text, "slmflow_requests_total", route="/v1/chat/completions", status="200") >= 1
+    for name in (
+        "slmflow_prompt_tokens_total",
+        "slmflow_completion_tokens_total",
+        "slmflow_time_to_first_token_seconds_count",
+        "slmflow_request_latency_seconds_count",
+    ):
+        assert metric_value(text, name) > 0, name
+    assert "slmflow_queue_depth " in text and "slmflow_cancelled_rows_total " in text
+
+
+def test_the_api_key_never_reaches_the_log(onnx_server):
+    with pytest.raises(openai.AuthenticationError):
+        onnx_server.client(api_key="wrong").models.list()
+    assert_still_answers(onnx_server)
+    assert API_KEY not in onnx_server.log.read_text()
+
+
+def test_transformers_champion_answers_through_predict_and_streams_one_chunk(transformers_server):
+    client = transformers_server.client()
+    card = client.models.list().data[0].model_dump()
+    assert card["flavor"] == "transformers-chat" and card["streaming"] == "whole-answer"
+    reply = client.chat.completions.create(model="m", messages=question("Spain"), temperature=0)
+    assert reply.choices[0].message.content == answer("Spain")
+    chunks = list(client.chat.completions.create(model="m", messages=question("Spain"), temperature=0, stream=True))
+    pieces = [c.choices[0].delta.content for c in chunks if c.choices[0].delta.content]
+    assert pieces == [answer("Spain")]
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.chat.completions.create(model="m", messages=question("Spain"), max_tokens=100000)
+    assert bad.value.body["param"] == "max_tokens"
+
+
+def test_a_full_queue_answers_429_with_retry_after(transformers_server):
+    body = good_body(max_tokens=200, min_tokens=200)
+
+    def post(_) -> requests.Response:
+        return raw_post(transformers_server, body, AUTH | JSON)
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        responses = list(pool.map(post, range(6)))
+    statuses = sorted(r.status_code for r in responses)
+    assert set(statuses) == {200, 429} and statuses.count(200) >= 2, statuses
+    refused = next(r for r in responses if r.status_code == 429)
+    assert int(refused.headers["Retry-After"]) >= 1
+    assert refused.json()["error"]["code"] == "queue_full"
+    assert_still_answers(transformers_server)
+
+
+@pytest.fixture(scope="module")
+def api_schema(onnx_server):
+    return schemathesis.openapi.from_url(f"{onnx_server.base}/openapi.json")
+
+
+schema = schemathesis.pytest.from_fixture("api_schema")
+
+
+@schema.parametrize()
+@settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+def test_the_server_keeps_its_openapi_contract(case):
+    case.call_and_validate(
+        headers={"Authorization": f"Bearer {API_KEY}"},
+        checks=[not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance],
+        timeout=120,
+    )

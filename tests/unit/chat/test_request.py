@@ -1,0 +1,252 @@
+"""The typed request model, without a model: parsing, defaults, limits and the errors that name a field."""
+
+import json
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from slmflow.chat.request import QUOTE_CHARS, UNSUPPORTED_FIELDS, parse_chat_completion, parse_requests
+from slmflow.config import GenerationConfig
+from slmflow.errors import BadRequestError
+from slmflow.policy import SAMPLING_FIELDS, RequestLimits, SamplingSettings
+
+DEFAULTS = SamplingSettings(max_tokens=16)
+USER = [{"role": "user", "content": "What is the capital of Spain?"}]
+
+
+def refusal(body, params=None, limits=None) -> BadRequestError:
+    with pytest.raises(BadRequestError) as raised:
+        parse_requests(body, params, DEFAULTS, limits)
+    return raised.value
+
+
+def test_dict_dataframe_and_list_inputs_give_the_same_rows():
+    from_dict = parse_requests({"messages": USER}, None, DEFAULTS)
+    from_frame = parse_requests(pd.DataFrame({"messages": [USER]}), None, DEFAULTS)
+    from_list = parse_requests([{"messages": USER}], None, DEFAULTS)
+    assert from_dict == from_frame == from_list
+    assert from_dict[0].messages == tuple(USER)
+
+
+def test_prompt_rows_and_plain_strings():
+    rows = parse_requests(pd.DataFrame({"prompt": ["<|user|>\nhi<|end|>\n<|assistant|>\n", "x"]}), None, DEFAULTS)
+    assert [r.prompt for r in rows] == ["<|user|>\nhi<|end|>\n<|assistant|>\n", "x"]
+    assert parse_requests("hello", None, DEFAULTS)[0].prompt == "hello"
+
+
+def test_params_then_row_fields_override_defaults():
+    rows = parse_requests(
+        pd.DataFrame({"messages": [USER, USER], "temperature": [0.5, None], "max_tokens": [None, 7]}),
+        {"max_tokens": 5, "temperature": 0.2},
+        DEFAULTS,
+    )
+    assert [(r.settings.max_tokens, r.settings.temperature) for r in rows] == [(5, 0.5), (7, 0.2)]
+    assert rows[0].settings.max_tokens_explicit
+    assert not parse_requests({"messages": USER}, None, DEFAULTS)[0].settings.max_tokens_explicit
+
+
+def test_stop_is_a_string_or_a_list_in_rows_and_in_params():
+    """Defect 5: a single stop string was refused, and stop in params was dropped."""
+    assert parse_requests({"messages": USER, "stop": "."}, None, DEFAULTS)[0].settings.stop == (".",)
+    assert parse_requests({"messages": USER, "stop": ["a", "b"]}, None, DEFAULTS)[0].settings.stop == ("a", "b")
+    assert parse_requests({"messages": USER}, {"stop": ["x"]}, DEFAULTS)[0].settings.stop == ("x",)
+    assert parse_requests({"messages": USER}, {"stop": "y"}, DEFAULTS)[0].settings.stop == ("y",)
+
+
+def test_max_completion_tokens_is_max_tokens():
+    [row] = parse_requests({"messages": USER, "max_completion_tokens": 9}, None, DEFAULTS)
+    assert row.settings.max_tokens == 9 and row.settings.max_tokens_explicit
+
+
+def test_content_may_be_a_list_of_text_parts_even_as_arrays_from_spark():
+    parts = [{"type": "text", "text": "What is the capital "}, {"type": "text", "text": "of Spain?"}]
+    [row] = parse_requests({"messages": [{"role": "user", "content": parts}]}, None, DEFAULTS)
+    assert row.messages == tuple(USER)
+    arrays = pd.DataFrame({"messages": [np.array([{"role": "user", "content": np.array(parts)}])]})
+    assert parse_requests(arrays, None, DEFAULTS)[0].messages == tuple(USER)
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "message"),
+    [
+        ({"messages": []}, "messages", "'messages' is empty"),
+        ({"messages": [{"role": "robot", "content": "hi"}]}, "messages[0].role", "unknown role 'robot'"),
+        ({"messages": [{"role": "user"}]}, "messages[0].content", r"messages\[0\].content: missing"),
+        ({"messages": [{"role": "user", "content": 42}]}, "messages[0].content", "must be a string, got int"),
+        ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "messages[0].content", "text parts"),
+        ({"messages": "hi"}, "messages", "must be a list of messages"),
+        ({"messages": ["hi"]}, "messages[0]", "must be an object"),
+        ({"messages": [{"role": "assistant", "content": "hi"}]}, "messages", "last message must not be the assistant"),
+        ({"messages": USER, "max_tokens": 0}, "max_tokens", "greater than or equal to 1"),
+        ({"messages": USER, "max_tokens": 2.5}, "max_tokens", "must be an integer"),
+        ({"messages": USER, "max_tokens": "ten"}, "max_tokens", "must be an integer"),
+        ({"messages": USER, "max_tokens": True}, "max_tokens", "not a boolean"),
+        ({"messages": USER, "temperature": -0.1}, "temperature", "greater than or equal to 0"),
+        ({"messages": USER, "temperature": "hot"}, "temperature", "must be a number"),
+        ({"messages": USER, "temperature": float("inf")}, "temperature", "finite"),
+        ({"messages": USER, "top_p": 0}, "top_p", "greater than 0"),
+        ({"messages": USER, "top_p": 1.5}, "top_p", "less than or equal to 1"),
+        ({"messages": USER, "top_k": 0}, "top_k", "greater than or equal to 1"),
+        ({"messages": USER, "stop": [""]}, "stop", "non-empty string"),
+        ({"messages": USER, "stop": ["a", "b", "c", "d", "e"]}, "stop", "at most 4"),
+        ({"messages": USER, "prompt": "x"}, "messages", "exactly one of 'messages' or 'prompt'"),
+        ({"content": "hi"}, "messages", "exactly one of 'messages' or 'prompt'"),
+        ({"prompt": ""}, "prompt", "'prompt' must be a non-empty string"),
+    ],
+)
+def test_bad_requests_name_the_field(body, param, message):
+    error = refusal(body)
+    assert error.param == param
+    assert re.search(message, str(error)), str(error)
+
+
+def test_a_nul_or_control_character_is_refused_not_cut():
+    """Defect 1: a NUL silently dropped the rest of the conversation."""
+    body = {"messages": [{"role": "system", "content": "Be brief.\u0000"}, *USER]}
+    error = refusal(body)
+    assert error.param == "messages[0].content" and "U+0000" in str(error)
+    assert refusal({"prompt": "a\x1bb"}).param == "prompt"
+    assert refusal({"messages": USER, "stop": ["\x00"]}).param == "stop"
+    assert refusal({"messages": [{"role": "user", "content": "\ud800"}]}).param == "messages[0].content"
+    [row] = parse_requests({"messages": [{"role": "user", "content": "tab\tnew\nline\r"}]}, None, DEFAULTS)
+    assert row.messages[0]["content"] == "tab\tnew\nline\r"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("seed", 2**31), ("seed", -1), ("min_tokens", 2**31), ("top_k", 2**31), ("max_tokens", 2**31)],
+)
+def test_values_beyond_the_runtime_int32_are_refused(field, value):
+    """Defect 3: these reached the runtime and came back as a stack trace."""
+    assert refusal({"messages": USER, field: value}).param == field
+
+
+def test_min_tokens_may_not_exceed_max_tokens():
+    error = refusal({"messages": USER, "max_tokens": 5, "min_tokens": 6})
+    assert error.param == "min_tokens" and "min_tokens (6) must not exceed max_tokens (5)" in str(error)
+    assert refusal({"messages": USER, "min_tokens": 17}).param == "min_tokens"  # beyond the default of 16
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("n", 2),
+        ("tools", [{"type": "function", "function": {"name": "f"}}]),
+        ("response_format", {"type": "json_object"}),
+        ("logprobs", True),
+        ("stream", True),
+        ("presence_penalty", 0.5),
+    ],
+)
+def test_unsupported_openai_fields_are_refused_in_rows_and_params(field, value):
+    """Defect 5: these were silently ignored."""
+    assert "not supported" in str(refusal({"messages": USER, field: value}))
+    assert refusal({"messages": USER}, params={field: value}).param == field
+
+
+def test_unsupported_fields_with_their_default_values_pass():
+    defaults = {"n": 1, "stream": False, "logprobs": False, "tools": [], "response_format": {"type": "text"}}
+    body = {"messages": USER, **defaults}
+    assert parse_requests(body, None, DEFAULTS)[0].messages == tuple(USER)
+    frame = pd.DataFrame({"messages": [USER, USER], "n": [1.0, None]})  # a column with a gap holds floats
+    assert len(parse_requests(frame, None, DEFAULTS)) == 2
+
+
+def test_error_messages_quote_little_of_the_input():
+    """Defect 8: the whole input was echoed back."""
+    huge = "x" * 1_000_000
+    bodies = ({"messages": USER, "top_p": huge}, {"messages": [{"role": huge, "content": "hi"}]}, {"prompt": [huge]})
+    for body in bodies:
+        assert len(str(refusal(body))) < QUOTE_CHARS + 200
+
+
+def test_rows_and_characters_per_request_are_capped():
+    limits = RequestLimits(max_rows=3, max_request_chars=100)
+    assert "4 rows, more than the limit of 3" in str(refusal([{"messages": USER}] * 4, limits=limits))
+    assert refusal({"messages": [{"role": "user", "content": "x" * 101}]}, limits=limits).param == "messages"
+    assert len(parse_requests([{"messages": USER}] * 3, None, DEFAULTS, limits)) == 3
+
+
+def test_empty_batch_and_odd_inputs():
+    assert "no rows" in str(refusal([]))
+    assert "expected an object" in str(refusal([42]))
+    assert "unsupported input type" in str(refusal(42))
+
+
+def test_bad_params_are_named_as_params():
+    error = refusal({"messages": USER}, params={"top_p": 2.0})
+    assert error.param == "top_p" and str(error).startswith("params: 'top_p'")
+
+
+def test_batch_key_ignores_sampling_knobs_when_greedy():
+    assert SamplingSettings(top_k=3, seed=4).batch_key() == SamplingSettings().batch_key()
+    assert SamplingSettings(temperature=0.5, seed=1).batch_key() != SamplingSettings(temperature=0.5).batch_key()
+    assert SamplingSettings(min_tokens=2).batch_key() != SamplingSettings().batch_key()
+
+
+def test_the_config_takes_its_bounds_and_defaults_from_the_request_model():
+    assert GenerationConfig().max_new_tokens == SamplingSettings().max_tokens
+    for bad in ({"seed": 2**31}, {"top_p": 0}, {"temperature": -1}, {"limits": {"max_rows": 0}}):
+        with pytest.raises(ValidationError):
+            GenerationConfig(**bad)
+
+
+# The OpenAI chat completions body, as the OpenAI-compatible server parses it.
+
+
+def test_chat_completion_body_with_stream_and_usage():
+    parsed = parse_chat_completion(
+        {"model": "m", "messages": USER, "stream": True, "stream_options": {"include_usage": True}, "stop": "."},
+        DEFAULTS,
+    )
+    assert parsed.stream and parsed.include_usage and parsed.model == "m"
+    assert parsed.request.settings.stop == (".",) and parsed.request.messages == tuple(USER)
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ([], None),
+        ({}, "messages"),
+        ({"messages": USER, "n": 3}, "n"),
+        ({"messages": USER, "stream": "yes"}, "stream"),
+        ({"messages": USER, "stream_options": {"include_usage": 1}}, "stream_options.include_usage"),
+        ({"messages": USER, "colour": "red"}, "colour"),
+        ({"messages": USER, "seed": 2**40}, "seed"),
+        ({"messages": [{"role": "user", "content": "x" * 101}]}, "messages"),
+    ],
+)
+def test_bad_chat_completion_bodies_name_the_field(body, param):
+    with pytest.raises(BadRequestError) as raised:
+        parse_chat_completion(body, DEFAULTS, RequestLimits(max_request_chars=100))
+    assert raised.value.param == param
+
+
+# Any JSON value in any field: a valid request or a refusal naming a field, never another exception.
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3),
+    max_leaves=8,
+)
+FIELDS = ["messages", "prompt", *SAMPLING_FIELDS, *UNSUPPORTED_FIELDS]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=st.dictionaries(st.sampled_from(FIELDS), JSON, max_size=4), good=st.booleans())
+def test_any_json_in_any_field_is_parsed_or_refused_naming_a_field(body, good):
+    if good:
+        body = {"messages": USER, **{k: v for k, v in body.items() if k != "prompt"}}
+    try:
+        rows = parse_requests(json.loads(json.dumps(body)), None, DEFAULTS)
+    except BadRequestError as error:
+        assert error.param or "messages" in str(error) or "prompt" in str(error), str(error)
+        assert "Traceback" not in str(error)
+        assert len(str(error)) < QUOTE_CHARS + 200
+    else:
+        assert len(rows) == 1 and (rows[0].messages or rows[0].prompt)

@@ -1,0 +1,160 @@
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from slmflow.code import module_digest
+from slmflow.config import PipelineConfig
+from slmflow.pipeline.contract import STEPS, mlproject
+from slmflow.pipeline.runner import Handoff, StepResult, cache_key
+from slmflow.registry.lineage import FLAVOR_MODULES
+from testkit.processes import PROJECT_DIR
+
+PIPELINE = [name for name, step in STEPS.items() if step.in_pipeline]
+
+
+def config(tmp_path: Path, eval_text: str = '{"question": "q", "answer": "a"}\n', **overrides) -> PipelineConfig:
+    eval_set = tmp_path / "eval.jsonl"
+    eval_set.write_text(eval_text)
+    data = {
+        "source": {"model": "builtin:tiny-phi3"},
+        "evaluation": {"eval_set": str(eval_set)},
+        "registry": {"model_name": "m"},
+        **overrides,
+    }
+    return PipelineConfig.model_validate(data)
+
+
+def test_mlproject_is_what_the_contracts_declare():
+    """Regenerate with: python -m slmflow.pipeline.contract > MLproject"""
+    assert yaml.safe_load((PROJECT_DIR / "MLproject").read_text()) == mlproject()
+
+
+def test_every_step_reads_known_config_sections_and_has_a_module():
+    for name, step in STEPS.items():
+        assert all(section.split(".")[0] in PipelineConfig.model_fields for section in step.sections), name
+        assert (PROJECT_DIR / "steps" / f"{name}.py").is_file()
+    assert PIPELINE == ["fetch_model", "log_onnx_wrapper", "log_transformers_pipeline", "evaluate", "register"]
+
+
+def test_argument_parser_and_outputs_follow_the_contract():
+    step = STEPS["log_onnx_wrapper"]
+    args = step.argument_parser().parse_args(["--onnx-uri", "runs:/r/onnx"])
+    assert (args.config, args.onnx_uri) == ("configs/phi3-mini-4k-instruct.yaml", "runs:/r/onnx")
+    with pytest.raises(SystemExit):
+        step.argument_parser().parse_args([])  # onnx_uri is required
+    with pytest.raises(ValueError, match="step 'log_onnx_wrapper' declares no output onnx_dir"):
+        step.check_outputs({"onnx_dir": "/tmp/x"})
+
+
+def test_key_ignores_where_the_config_and_the_checkout_are(tmp_path):
+    here, there = tmp_path / "a", tmp_path / "b" / "deeper"
+    here.mkdir()
+    there.mkdir(parents=True)
+    step = STEPS["evaluate"]
+    params = {"onnx_model_uri": "models:/m-1", "transformers_model_uri": "models:/m-2"}
+    key_here = cache_key(step, {"config": str(here / "c.yaml"), **params}, config(here))
+    key_there = cache_key(step, {"config": "configs/c.yaml", **params}, config(there))
+    assert key_here == key_there
+    assert key_here != cache_key(step, params, config(there, eval_text="{}\n"))  # the eval set by its content
+
+
+def test_handoffs_count_by_their_content_not_their_uri(tmp_path):
+    step = STEPS["log_onnx_wrapper"]
+    one = cache_key(step, {"onnx_uri": Handoff("runs:/r1/onnx", "digest")}, config(tmp_path))
+    assert one == cache_key(step, {"onnx_uri": Handoff("runs:/r2/onnx", "digest")}, config(tmp_path))
+    assert one != cache_key(step, {"onnx_uri": Handoff("runs:/r1/onnx", "other")}, config(tmp_path))
+
+
+def test_generation_change_misses_only_the_steps_that_read_it(tmp_path):
+    before, after = config(tmp_path), config(tmp_path, generation={"max_new_tokens": 9})
+    for name in PIPELINE:
+        step = STEPS[name]
+        same = cache_key(step, {}, before) == cache_key(step, {}, after)
+        assert same == (not any(s.startswith("generation") for s in step.sections)), name
+
+
+def test_a_local_source_counts_by_content_not_path(tmp_path):
+    step = STEPS["fetch_model"]
+    at_a = config(tmp_path, source={"model": "local:/a/model"})
+    at_b = config(tmp_path, source={"model": "local:/b/model"})
+    assert cache_key(step, {"revision": "d1"}, at_a) == cache_key(step, {"revision": "d1"}, at_b)
+    assert cache_key(step, {"revision": "d1"}, at_a) != cache_key(step, {"revision": "d2"}, at_a)
+
+
+@pytest.fixture
+def checkout(tmp_path) -> Path:
+    """A copy of what a commit of the project holds, to edit like a new commit."""
+    copy = tmp_path / "checkout"
+    for name in ("steps", "slmflow"):
+        shutil.copytree(PROJECT_DIR / name, copy / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("requirements.txt", "conda.yaml", "README.md", "MLproject"):
+        shutil.copy(PROJECT_DIR / name, copy / name)
+    return copy
+
+
+def keys_of(checkout: Path, tmp_path: Path) -> dict[str, str]:
+    """Every pipeline step's cache key, and each flavor's registered identity code hash, in a checkout."""
+    found = {name: cache_key(STEPS[name], {}, config(tmp_path), checkout) for name in PIPELINE}
+    found.update({flavor: module_digest(module, checkout) for flavor, module in FLAVOR_MODULES.items()})
+    return found
+
+
+def test_readme_commit_keeps_every_key_and_a_pin_change_redoes_every_step(checkout, tmp_path):
+    before = keys_of(checkout, tmp_path)
+    (checkout / "README.md").write_text("# only the docs changed\n")
+    assert keys_of(checkout, tmp_path) == before
+    pins = (checkout / "requirements.txt").read_text()
+    (checkout / "requirements.txt").write_text(pins.replace("tqdm==4.70.1", "tqdm==4.70.0"))
+    after = keys_of(checkout, tmp_path)
+    assert all(after[name] != before[name] for name in before)
+
+
+def test_a_module_nothing_imports_or_a_server_change_keeps_every_key(checkout, tmp_path):
+    before = keys_of(checkout, tmp_path)
+    (checkout / "slmflow" / "unrelated_module.py").write_text("ANSWER = 42\n")
+    with (checkout / "slmflow" / "serving" / "app.py").open("a") as handle:
+        handle.write("# a server fix\n")
+    assert keys_of(checkout, tmp_path) == before
+
+
+def test_an_onnx_engine_change_redoes_the_onnx_wrapper_and_not_fetch_model(checkout, tmp_path):
+    before = keys_of(checkout, tmp_path)
+    with (checkout / "slmflow" / "chat" / "onnx" / "engine.py").open("a") as handle:
+        handle.write("# a decoding fix\n")
+    after = keys_of(checkout, tmp_path)
+    changed = {name for name in before if after[name] != before[name]}
+    # register hashes the served code itself; evaluate and register also follow the new model's URI.
+    assert changed == {"log_onnx_wrapper", "register", "onnx-chat"}
+
+
+def test_a_library_change_redoes_exactly_the_steps_that_import_it(checkout, tmp_path):
+    before = keys_of(checkout, tmp_path)
+    with (checkout / "slmflow" / "fetch" / "onnx_build.py").open("a") as handle:
+        handle.write("# a builder fix\n")
+    after = keys_of(checkout, tmp_path)
+    changed = {name for name in before if after[name] != before[name]}
+    assert changed == {"fetch_model"}  # the logging steps read the fetched folders without the builder
+
+
+def test_a_step_file_change_redoes_that_step(checkout, tmp_path):
+    def key(name: str) -> str:
+        return cache_key(STEPS[name], {}, config(tmp_path), checkout)
+
+    evaluate, register = key("evaluate"), key("register")
+    with (checkout / "steps" / "register.py").open("a") as handle:
+        handle.write("# changed\n")
+    assert key("evaluate") == evaluate and key("register") != register
+
+
+def test_outputs_are_read_with_their_content():
+    from mlflow.entities import Run, RunData, RunInfo, RunTag
+
+    tags = [RunTag("slmflow.output.onnx_uri", "runs:/r/onnx"), RunTag("slmflow.content.onnx_uri", "abc")]
+    result = StepResult(Run(RunInfo("r", "0", "u", "FINISHED", 0, 0, "active"), RunData(tags=tags)), cached=True)
+    assert result.output("onnx_uri") == Handoff("runs:/r/onnx", "abc")
+    from slmflow.errors import StepFailedError
+
+    with pytest.raises(StepFailedError, match="recorded no output 'model_uri'"):
+        result.output("model_uri")

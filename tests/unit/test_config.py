@@ -1,0 +1,136 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from slmflow.config import Settings, load_config
+from slmflow.errors import ConfigError
+from testkit.processes import PROJECT_DIR
+
+
+@pytest.mark.parametrize("name", ["tiny.yaml", "phi3-mini-4k-instruct.yaml"])
+def test_shipped_configs_load_and_their_eval_sets_exist(name):
+    config = load_config(PROJECT_DIR / "configs" / name)
+    assert config.evaluation.eval_set.is_file()
+    assert config.source.trust_remote_code is False
+
+
+def test_default_config_pins_a_full_commit_of_phi3():
+    source = load_config(PROJECT_DIR / "configs" / "phi3-mini-4k-instruct.yaml").source
+    assert source.kind == "hub"
+    assert source.name == "microsoft/Phi-3-mini-4k-instruct"
+    assert len(source.revision) == 40
+
+
+def write(tmp_path, data) -> Path:
+    (tmp_path / "eval.jsonl").write_text('{"messages": [{"role": "user", "content": "hi"}], "reference": "x"}\n')
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def minimal(**overrides):
+    data = {
+        "source": {"model": "builtin:tiny-phi3"},
+        "evaluation": {"eval_set": "eval.jsonl"},
+        "registry": {"model_name": "m"},
+    }
+    data.update(overrides)
+    return data
+
+
+def test_relative_paths_resolve_against_the_config_folder(tmp_path):
+    config = load_config(write(tmp_path, minimal(source={"model": "local:ckpt"})))
+    assert config.evaluation.eval_set == tmp_path / "eval.jsonl"
+    assert config.source.name == str(tmp_path / "ckpt")
+
+
+def test_unknown_key_is_named(tmp_path):
+    data = minimal(generation={"max_new_tokens": 8, "temprature": 0.5})
+    with pytest.raises(ConfigError, match=r"generation\.temprature: unknown key"):
+        load_config(write(tmp_path, data))
+
+
+def test_unknown_top_level_key_is_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"registyr: unknown key"):
+        load_config(write(tmp_path, {**minimal(), "registyr": {}}))
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found: .*nope.yaml"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_bad_value_names_key_and_constraint(tmp_path):
+    with pytest.raises(ConfigError, match=r"generation\.top_p: Input should be less than or equal to 1"):
+        load_config(write(tmp_path, minimal(generation={"top_p": 1.5})))
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ({"model": "microsoft/Phi-3-mini-4k-instruct"}, "must be pinned to a revision"),
+        ({"model": "microsoft/Phi-3-mini-4k-instruct", "revision": "main"}, "40-hex commit sha"),
+        ({"model": "phi3", "revision": "a" * 40}, "neither 'builtin:NAME'"),
+    ],
+)
+def test_hub_sources_must_be_pinned_repo_ids(tmp_path, source, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, minimal(source=source)))
+
+
+def test_not_a_mapping(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("- just\n- a list\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(path)
+
+
+def test_section_hash_changes_only_with_its_sections(tmp_path):
+    base = load_config(write(tmp_path, minimal()))
+    changed = load_config(write(tmp_path, minimal(generation={"max_new_tokens": 9})))
+    assert base.section_hash("source") == changed.section_hash("source")
+    assert base.section_hash("generation") != changed.section_hash("generation")
+    assert base.section_hash("generation.temperature") == changed.section_hash("generation.temperature")
+    assert base.config_hash() != changed.config_hash()
+
+
+def test_config_hash_is_the_same_from_any_checkout(tmp_path):
+    """Paths count by what they hold: the eval set by its digest, a local model folder not at all."""
+    hashes = []
+    for checkout in ("one", "two/deeper"):
+        folder = tmp_path / checkout
+        folder.mkdir(parents=True)
+        hashes.append(load_config(write(folder, minimal(source={"model": f"local:{folder}/model"}))).config_hash())
+    assert hashes[0] == hashes[1]
+    (folder / "eval.jsonl").write_text("[]\n")
+    assert load_config(folder / "config.yaml").config_hash() != hashes[0]
+
+
+def test_missing_eval_set_is_named_when_hashed(tmp_path):
+    config = load_config(write(tmp_path, minimal()))
+    (tmp_path / "eval.jsonl").unlink()
+    with pytest.raises(ConfigError, match="evaluation.eval_set: file not found: .*eval.jsonl"):
+        config.config_hash()
+
+
+def test_branch_tracking_is_for_hub_sources_without_a_pin(tmp_path):
+    followed = load_config(write(tmp_path, minimal(source={"model": "org/m", "branch": "main"})))
+    assert followed.source.branch == "main" and followed.source.revision is None
+    for source, message in [
+        ({"model": "org/m", "branch": "main", "revision": "a" * 40}, "either a pinned revision or a branch"),
+        ({"model": "builtin:tiny-phi3", "branch": "main"}, "only hub repos follow a branch"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            load_config(write(tmp_path, minimal(source=source)))
+
+
+def test_settings_read_the_environment_and_hide_the_token(monkeypatch, tmp_path):
+    monkeypatch.setenv("SLMFLOW_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("HF_TOKEN", "hf_secret")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    settings = Settings.from_environment()
+    assert settings.cache_dir == tmp_path
+    assert settings.hf_token == "hf_secret"
+    assert settings.hf_offline
+    assert "hf_secret" not in repr(settings)
