@@ -6,6 +6,7 @@ model, the pyfunc model, `mlflow models serve`, Spark and the OpenAI-compatible 
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from typing import Annotated, Any
@@ -87,6 +88,25 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
+class ResponseFormat(Strict):
+    """A constraint on the answer's shape (OpenAI's `response_format`), applied by constrained decoding.
+
+    The schema is kept as canonical JSON text, so that settings stay hashable and equal schemas have
+    equal batch keys."""
+
+    json_schema: str = Field(description="the JSON Schema the answer must match, as canonical JSON text")
+
+    def guidance(self) -> tuple[str, str]:
+        """The (type, data) pair for onnxruntime-genai's `GeneratorParams.set_guidance`.
+
+        Unless the schema sets its own `x-guidance` options, the answer is compact JSON: with flexible
+        whitespace a small model can fill its whole budget with blanks (the tiny test model did)."""
+        schema = json.loads(self.json_schema)
+        if isinstance(schema, dict) and "x-guidance" not in schema:
+            schema["x-guidance"] = {"whitespace_flexible": False}
+        return "json_schema", json.dumps(schema)
+
+
 class SamplingSettings(Strict):
     """The generation settings of one row, defaults filled in."""
 
@@ -97,20 +117,26 @@ class SamplingSettings(Strict):
     seed: Seed | None = None
     stop: StopStrings = ()
     min_tokens: MinTokens = 0
+    response_format: ResponseFormat | None = None
     max_tokens_explicit: bool = Field(False, description="the request asked for max_tokens itself")
 
     @model_validator(mode="after")
     def _min_tokens_within_max_tokens(self) -> SamplingSettings:
         if self.min_tokens > self.max_tokens:
             raise ValueError(f"min_tokens ({self.min_tokens}) must not exceed max_tokens ({self.max_tokens})")
+        if self.min_tokens and self.response_format is not None:
+            # The runtime fails once the grammar has ended while min_length still holds back the end.
+            raise ValueError("min_tokens cannot be combined with response_format: the schema decides where it ends")
         return self
 
     def batch_key(self) -> tuple:
         """Rows with equal keys can share one generator. Stop strings and max_tokens are per row;
-        min_tokens is not (it holds back EOS for the whole batch). Greedy rows ignore the sampling knobs."""
+        min_tokens is not (it holds back EOS for the whole batch), nor is response_format (the grammar
+        masks the batch's tokens), so constrained and free rows never share a generator. Greedy rows
+        ignore the sampling knobs."""
         if self.temperature == 0:
-            return (0.0, self.min_tokens)
-        return (self.temperature, self.top_p, self.top_k, self.seed, self.min_tokens)
+            return (0.0, self.min_tokens, self.response_format)
+        return (self.temperature, self.top_p, self.top_k, self.seed, self.min_tokens, self.response_format)
 
 
 DEFAULT_SETTINGS = SamplingSettings()

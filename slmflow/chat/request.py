@@ -8,7 +8,9 @@ with a silently wrong answer. Error messages quote at most `QUOTE_CHARS` charact
 
 from __future__ import annotations
 
+import json
 import math
+import re
 import reprlib
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -20,6 +22,7 @@ from slmflow.policy import (
     DEFAULT_SETTINGS,
     SAMPLING_FIELDS,
     RequestLimits,
+    ResponseFormat,
     SamplingSettings,
     Strict,
     plain,
@@ -63,6 +66,7 @@ class ChatRequest(Strict):
 
 
 # OpenAI fields this model does not implement: their default values pass, anything else is refused.
+# `response_format` is allowed where the model has constrained decoding (`STRUCTURED_OUTPUTS`).
 UNSUPPORTED_FIELDS: dict[str, tuple[Any, ...]] = {
     "n": (1,),
     "tools": ([],),
@@ -77,6 +81,7 @@ UNSUPPORTED_FIELDS: dict[str, tuple[Any, ...]] = {
     "frequency_penalty": (0, 0.0),
     "stream": (False,),
 }
+STRUCTURED_OUTPUTS = ("response_format",)
 # Accepted and ignored: they do not change the answer.
 IGNORED_FIELDS = ("model", "user", "metadata", "store", "service_tier", "parallel_tool_calls")
 
@@ -160,6 +165,8 @@ def _settings(base: SamplingSettings, source: Mapping[str, Any], where: str) -> 
             changes[name] = source[name]
     if "max_completion_tokens" in source and not _is_missing(plain(source["max_completion_tokens"])):
         changes.setdefault("max_tokens", source["max_completion_tokens"])  # OpenAI's newer name
+    if "response_format" in source and not _is_missing(plain(source["response_format"])):
+        changes["response_format"] = parse_response_format(source["response_format"], where)
     if not changes:
         return base
     if "max_tokens" in changes:
@@ -168,6 +175,61 @@ def _settings(base: SamplingSettings, source: Mapping[str, Any], where: str) -> 
         return SamplingSettings.model_validate({**base.model_dump(), **changes})
     except ValidationError as error:
         raise _bad_request(error, where) from None
+
+
+JSON_OBJECT_SCHEMA = {"type": "object"}
+_SCHEMA_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # as OpenAI
+
+
+def parse_response_format(value: Any, where: str = "") -> ResponseFormat | None:
+    """OpenAI's `response_format` (an object, or its JSON text as a pyfunc param): None for free text.
+
+    Only its shape is checked here; whether the runtime can compile the schema, the engine checks."""
+    label, param = f"{_at(where)}'response_format'", "response_format"
+    value = _json_value(value)
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as error:
+            raise BadRequestError(f"{label} is not valid JSON ({error})", param) from None
+    kinds = {"text": {"type"}, "json_object": {"type"}, "json_schema": {"type", "json_schema"}}
+    if not isinstance(value, Mapping) or value.get("type") not in kinds:
+        raise BadRequestError(
+            f"{label} must be an object whose 'type' is one of {', '.join(kinds)}, got {quote(value)}", param
+        )
+    kind = value["type"]
+    extra = sorted(set(value) - kinds[kind])
+    if extra:
+        raise BadRequestError(f"{label}: unknown field {quote(extra[0])} for type {kind}", param)
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return ResponseFormat(json_schema=json.dumps(JSON_OBJECT_SCHEMA))
+    spec = value.get("json_schema")
+    if not isinstance(spec, Mapping) or set(spec) - {"name", "description", "schema", "strict"}:
+        raise BadRequestError(
+            f"{label}: 'json_schema' must be an object with 'name' and 'schema' (and optionally 'description', "
+            f"'strict'), got {quote(spec)}",
+            param,
+        )
+    name, schema = spec.get("name"), spec.get("schema", {})
+    if not isinstance(name, str) or not _SCHEMA_NAME.match(name):
+        raise BadRequestError(f"{label}: 'json_schema.name' must be 1 to 64 of a-z, A-Z, 0-9, _ and -", param)
+    if not isinstance(schema, Mapping):
+        raise BadRequestError(f"{label}: 'json_schema.schema' must be a JSON Schema object, got {quote(schema)}", param)
+    if not isinstance(spec.get("strict", False), bool):
+        raise BadRequestError(f"{label}: 'json_schema.strict' must be a boolean", param)
+    return ResponseFormat(json_schema=json.dumps(schema, sort_keys=True))
+
+
+def _json_value(value: Any) -> Any:
+    """Nested numpy values (what a DataFrame or Spark row holds) as plain JSON values."""
+    value = plain(value)
+    if isinstance(value, Mapping):
+        return {key: _json_value(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_value(item) for item in value]
+    return value
 
 
 def _bad_request(error: ValidationError, where: str) -> BadRequestError:
@@ -198,7 +260,7 @@ def parse_requests(
             f"the request holds {len(rows)} rows, more than the limit of {limits.max_rows}", code="too_many_rows"
         )
     params = dict(params or {})
-    refuse_unsupported(params, "params")
+    refuse_unsupported(params, "params", allow=STRUCTURED_OUTPUTS)
     base = _settings(defaults, params, where="params")
     requests = [_parse_row(row, base, index) for index, row in enumerate(rows)]
     _check_characters(requests, limits)
@@ -235,7 +297,7 @@ def _parse_row(row: Any, base: SamplingSettings, index: int) -> ChatRequest:
     where = f"row {index}"
     if not isinstance(row, Mapping):
         raise BadRequestError(f"{_at(where)}expected an object, got {type(row).__name__}")
-    refuse_unsupported(row, where)
+    refuse_unsupported(row, where, allow=STRUCTURED_OUTPUTS)
     has_messages, has_prompt = "messages" in row, "prompt" in row
     if has_messages == has_prompt:
         raise BadRequestError(f"{_at(where)}give exactly one of 'messages' or 'prompt'", "messages")
@@ -262,16 +324,22 @@ class ChatCompletionRequest(Strict):
 
 
 def parse_chat_completion(
-    body: Any, defaults: SamplingSettings = DEFAULT_SETTINGS, limits: RequestLimits | None = None
+    body: Any,
+    defaults: SamplingSettings = DEFAULT_SETTINGS,
+    limits: RequestLimits | None = None,
+    structured_outputs: bool = False,
 ) -> ChatCompletionRequest:
-    """An OpenAI chat completions JSON body, validated; raises BadRequestError naming the field."""
+    """An OpenAI chat completions JSON body, validated; raises BadRequestError naming the field.
+
+    `response_format` (other than text) is refused unless the served model has constrained decoding
+    (`structured_outputs`): onnx-chat has, transformers-chat has not."""
     if not isinstance(body, Mapping):
         raise BadRequestError(f"the request body must be a JSON object, got {type(body).__name__}")
     known = {"messages", "stream_options", *SAMPLING_FIELDS, "max_completion_tokens", *UNSUPPORTED_FIELDS}
     unknown = sorted(set(body) - known - set(IGNORED_FIELDS))
     if unknown:
         raise BadRequestError(f"unknown field {quote(unknown[0])}", param=str(unknown[0])[:QUOTE_CHARS])
-    refuse_unsupported(body, "", allow=("stream",))
+    refuse_unsupported(body, "", allow=("stream", *STRUCTURED_OUTPUTS) if structured_outputs else ("stream",))
     if "messages" not in body:
         raise BadRequestError("'messages' is required", "messages")
     stream = body.get("stream")

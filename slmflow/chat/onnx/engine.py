@@ -8,6 +8,7 @@ on them. The og.Model and og.Tokenizer are shared; every batch gets its own Gene
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Iterator, Sequence
@@ -16,10 +17,10 @@ from typing import Any
 
 from slmflow.chat.onnx.prompt import PromptEncoder
 from slmflow.chat.onnx.rows import Completion, GenerationRow, batches, check_total_tokens
-from slmflow.chat.request import ChatRequest
+from slmflow.chat.request import ChatRequest, quote
 from slmflow.chat.stopping import first_stop
 from slmflow.errors import BadRequestError, DeadlineExceededError
-from slmflow.policy import RequestLimits
+from slmflow.policy import RequestLimits, ResponseFormat
 
 RUNTIME_MAX_BATCH_SIZE = 32  # onnxruntime-genai refuses a larger batch_size
 
@@ -51,6 +52,7 @@ class OnnxChatEngine:
         self.pad_id = int(genai.get("pad_token_id", min(self.eos_ids)))
         self.truncate_long_prompts = truncate_long_prompts
         self.prompts = PromptEncoder(self.tokenizer, model_dir)
+        self._check_response_format = functools.lru_cache(maxsize=256)(self._compile_response_format)
 
     # The step-wise API
 
@@ -67,6 +69,8 @@ class OnnxChatEngine:
                 "max_tokens",
                 code="context_length_exceeded",
             )
+        if settings.response_format is not None:
+            self._check_response_format(settings.response_format)
         field_name = "messages" if request.is_chat else "prompt"
         characters = request.text_length()
         if characters > self.context_length * self.prompts.max_token_chars:  # too long for sure: no need to tokenize
@@ -98,7 +102,12 @@ class OnnxChatEngine:
         )
 
     def batch_key(self, row: GenerationRow) -> tuple:
-        """Rows with equal keys can be generated in one `decode` call."""
+        """Rows with equal keys can be generated in one `decode` call.
+
+        A constrained row generates alone: in onnxruntime-genai 0.18 a batch fails ("compute_mask() called
+        after stop") at the step after one row's grammar has ended while another row goes on."""
+        if row.settings.response_format is not None:
+            return (row.settings.batch_key(), id(row))
         return row.settings.batch_key()
 
     def decode(self, rows: Sequence[GenerationRow], deadline: float | None = None) -> Iterator[None]:
@@ -156,7 +165,25 @@ class OnnxChatEngine:
             options["random_seed"] = settings.seed
         params = self._og.GeneratorParams(self.model)
         params.set_search_options(**options)
+        if settings.response_format is not None:  # part of the batch key too
+            params.set_guidance(*settings.response_format.guidance())
         return params
+
+    def _compile_response_format(self, response_format: ResponseFormat) -> None:
+        """Refuse a schema the runtime cannot compile, before any generation: the grammar is built when
+        a Generator is created, so create a one-token one (cheap: well under a millisecond here)."""
+        params = self._og.GeneratorParams(self.model)
+        params.set_search_options(max_length=1)
+        params.set_guidance(*response_format.guidance())
+        try:
+            self._og.Generator(self.model, params)
+        except RuntimeError as error:
+            reason = " ".join(str(error).split())
+            raise BadRequestError(
+                f"'response_format': the schema cannot be compiled for constrained decoding: {quote(reason)}",
+                "response_format",
+                code="invalid_json_schema",
+            ) from None
 
     def _advance(self, row: GenerationRow, token: int) -> None:
         """Take one token for a row, finishing it on EOS, a stop string or its token budget."""

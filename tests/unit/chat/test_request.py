@@ -137,7 +137,6 @@ def test_min_tokens_may_not_exceed_max_tokens():
     [
         ("n", 2),
         ("tools", [{"type": "function", "function": {"name": "f"}}]),
-        ("response_format", {"type": "json_object"}),
         ("logprobs", True),
         ("stream", True),
         ("presence_penalty", 0.5),
@@ -250,3 +249,87 @@ def test_any_json_in_any_field_is_parsed_or_refused_naming_a_field(body, good):
         assert len(str(error)) < QUOTE_CHARS + 200
     else:
         assert len(rows) == 1 and (rows[0].messages or rows[0].prompt)
+
+
+# Structured outputs: `response_format` for models with constrained decoding.
+
+CITY_SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+JSON_SCHEMA_FORMAT = {"type": "json_schema", "json_schema": {"name": "capital", "schema": CITY_SCHEMA, "strict": True}}
+
+
+def test_response_format_is_carried_in_the_settings_from_rows_params_and_spark_arrays():
+    [json_row, text_row, spark_row] = parse_requests(
+        [
+            {"messages": USER, "response_format": {"type": "json_object"}},
+            {"messages": USER, "response_format": {"type": "text"}},  # a row's own value wins over params
+            {"messages": USER},
+        ],
+        {"response_format": json.dumps(JSON_SCHEMA_FORMAT)},  # params are JSON text (MLflow params are scalars)
+        DEFAULTS,
+    )
+    assert json.loads(json_row.settings.response_format.json_schema) == {"type": "object"}
+    assert text_row.settings.response_format is None
+    assert json.loads(spark_row.settings.response_format.json_schema) == CITY_SCHEMA
+    arrays = {
+        **JSON_SCHEMA_FORMAT,
+        "json_schema": {"name": "capital", "schema": {**CITY_SCHEMA, "required": np.array(["city"])}},
+    }
+    [from_spark] = parse_requests(pd.DataFrame({"messages": [USER], "response_format": [arrays]}), None, DEFAULTS)
+    assert from_spark.settings.response_format == spark_row.settings.response_format
+
+
+def test_constrained_and_free_rows_never_share_a_batch_key():
+    free = SamplingSettings()
+    constrained = parse_requests({"messages": USER, "response_format": JSON_SCHEMA_FORMAT}, None)[0].settings
+    other = parse_requests({"messages": USER, "response_format": {"type": "json_object"}}, None)[0].settings
+    assert len({free.batch_key(), constrained.batch_key(), other.batch_key()}) == 3
+    hot = {"temperature": 0.5}
+    assert SamplingSettings(**hot).batch_key() != constrained.model_copy(update=hot).batch_key()
+
+
+def test_the_compact_json_option_is_added_unless_the_schema_sets_its_own():
+    [row] = parse_requests({"messages": USER, "response_format": JSON_SCHEMA_FORMAT}, None)
+    kind, data = row.settings.response_format.guidance()
+    assert kind == "json_schema" and json.loads(data) == {**CITY_SCHEMA, "x-guidance": {"whitespace_flexible": False}}
+    own = {**CITY_SCHEMA, "x-guidance": {"whitespace_flexible": True}}
+    body = {"messages": USER, "response_format": {"type": "json_schema", "json_schema": {"name": "c", "schema": own}}}
+    assert json.loads(parse_requests(body, None)[0].settings.response_format.guidance()[1]) == own
+
+
+@pytest.mark.parametrize(
+    ("response_format", "message"),
+    [
+        ("{not json", "not valid JSON"),
+        ({"type": "xml"}, "'type' is one of text, json_object, json_schema"),
+        ([{"type": "json_object"}], "must be an object"),
+        ({"type": "json_object", "schema": {}}, "unknown field 'schema'"),
+        ({"type": "json_schema"}, "'json_schema' must be an object"),
+        ({"type": "json_schema", "json_schema": {"name": "c", "schema": {}, "format": 1}}, "must be an object"),
+        ({"type": "json_schema", "json_schema": {"schema": CITY_SCHEMA}}, "'json_schema.name'"),
+        ({"type": "json_schema", "json_schema": {"name": "a b", "schema": CITY_SCHEMA}}, "'json_schema.name'"),
+        ({"type": "json_schema", "json_schema": {"name": "c", "schema": [1]}}, "'json_schema.schema' must be"),
+        ({"type": "json_schema", "json_schema": {"name": "c", "schema": {}, "strict": "yes"}}, "'json_schema.strict'"),
+    ],
+)
+def test_a_bad_response_format_names_the_field(response_format, message):
+    error = refusal({"messages": USER, "response_format": response_format})
+    assert error.param == "response_format" and message in str(error), str(error)
+    assert refusal({"messages": USER}, params={"response_format": response_format}).param == "response_format"
+
+
+def test_min_tokens_cannot_hold_back_the_end_of_a_schema():
+    error = refusal({"messages": USER, "response_format": {"type": "json_object"}, "min_tokens": 2})
+    assert error.param == "min_tokens" and "response_format" in str(error)
+
+
+def test_the_server_refuses_response_format_unless_the_model_has_constrained_decoding():
+    body = {"messages": USER, "response_format": JSON_SCHEMA_FORMAT}
+    with pytest.raises(BadRequestError, match="'response_format' is not supported") as raised:
+        parse_chat_completion(body)  # a transformers-chat model: no constrained decoding
+    assert (raised.value.param, raised.value.code) == ("response_format", "unsupported_parameter")
+    parsed = parse_chat_completion(body, structured_outputs=True)
+    assert json.loads(parsed.request.settings.response_format.json_schema) == CITY_SCHEMA
+    assert parse_chat_completion({**body, "response_format": {"type": "text"}}).request.settings.response_format is None
+    with pytest.raises(BadRequestError) as raised:
+        parse_chat_completion({**body, "response_format": {"type": "json"}}, structured_outputs=True)
+    assert raised.value.param == "response_format"
