@@ -25,6 +25,7 @@ ENTRY_MODULE = "slmflow.chat.pyfunc_entry"
 
 # Request fields MLflow type-checks itself when they come as params (or at the top level of a chat body);
 # MLflow drops params it has no spec for, so the scalar unsupported fields are declared too, to be refused.
+# MLflow params are scalars or arrays of them: `response_format` comes as its JSON text.
 PARAM_TYPES = {
     "max_tokens": "long",
     "max_completion_tokens": "long",
@@ -33,6 +34,7 @@ PARAM_TYPES = {
     "top_k": "long",
     "seed": "long",
     "min_tokens": "long",
+    "response_format": "string",
     "n": "long",
     "stream": "boolean",
     "logprobs": "boolean",

@@ -25,9 +25,20 @@ def test_onnx_model_is_logged_from_code_with_pins_signature_and_example(logged_m
     assert len(list((folder / "artifacts").glob("*/genai_config.json"))) == 1
     inputs = {spec["name"] for spec in json.loads(mlmodel["signature"]["inputs"])}
     # Unsupported OpenAI fields are columns too, so they reach the model and are refused, not dropped.
-    assert {"messages", "prompt", "max_tokens", "temperature", "stop", "n", "tools", "stream"} <= inputs
-    params = {spec["name"] for spec in json.loads(mlmodel["signature"]["params"])}
-    assert {"max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "min_tokens"} <= params
+    assert {
+        "messages",
+        "prompt",
+        "max_tokens",
+        "temperature",
+        "stop",
+        "n",
+        "tools",
+        "stream",
+        "response_format",
+    } <= inputs
+    params = {spec["name"]: spec for spec in json.loads(mlmodel["signature"]["params"])}
+    assert {"max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "min_tokens"} <= set(params)
+    assert params["response_format"]["type"] == "string"  # its JSON text: MLflow params are scalars
     outputs = {spec["name"] for spec in json.loads(mlmodel["signature"]["outputs"])}
     assert {"choices", "usage", "object"} <= outputs  # the version page shows the chat.completion shape
     assert (folder / "requirements.txt").read_text().split() == pinned_requirements(*ONNX_REQUIREMENTS)
