@@ -1,0 +1,133 @@
+"""Peak RSS of `python -m slmflow.serve` on one onnx-chat model folder, to size the Kubernetes Deployment.
+
+The folder is logged as an onnx-chat model in a throw-away sqlite store, served on loopback, and sent
+waves of concurrent chat requests (1, then `--clients` at once, each asking for `--max-tokens`).
+The server's RSS is sampled from /proc while the waves run; VmHWM (the kernel's peak) is read at the
+end of each wave. The KV cache is allocated per batch for prompt + max_tokens, so the growth between
+waves, per token in flight, extrapolates to larger budgets. Bounded: two waves, one server.
+
+    python -m benchmarks.server_peak_rss --onnx-dir PATH [--clients 16] [--max-tokens 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from benchmarks.report import write_report
+from testkit.processes import free_port, launched_server
+
+MIB = 1024 * 1024
+
+
+def log_model(onnx_dir: Path, store: Path) -> str:
+    import mlflow
+
+    from slmflow.config import GenerationConfig, RuntimeConfig
+    from slmflow.flavors.onnx_chat import log_onnx_chat_model
+
+    mlflow.set_tracking_uri(f"sqlite:///{store / 'mlflow.db'}")
+    with mlflow.start_run():
+        return log_onnx_chat_model(onnx_dir, GenerationConfig(), RuntimeConfig())
+
+
+def status_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def ask(port: int, max_tokens: int, index: int) -> int:
+    question = f"Write a long story about a lighthouse keeper, number {index}, and the storms of each season."
+    body = {"messages": [{"role": "user", "content": question}], "max_tokens": max_tokens, "min_tokens": max_tokens}
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/chat/completions",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=600) as response:
+        return int(json.loads(response.read())["usage"]["total_tokens"])
+
+
+def wave(port: int, pid: int, clients: int, max_tokens: int) -> dict[str, float]:
+    """`clients` requests at once; the RSS sampled every 50 ms while they run."""
+    peak = [status_kib(pid, "VmRSS")]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.05):
+            peak.append(status_kib(pid, "VmRSS"))
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    started = time.monotonic()
+    with ThreadPoolExecutor(clients) as pool:
+        tokens = sum(pool.map(lambda i: ask(port, max_tokens, i), range(clients)))
+    done.set()
+    sampler.join()
+    return {
+        "clients": clients,
+        "max_tokens": max_tokens,
+        "tokens_in_flight": tokens,
+        "seconds": round(time.monotonic() - started, 1),
+        "peak_rss_mib": round(max(peak) / 1024, 1),
+        "vm_hwm_mib": round(status_kib(pid, "VmHWM") / 1024, 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--onnx-dir", type=Path, required=True)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--max-tokens", type=int, default=256)
+    parser.add_argument("--label", default="loaded machine (2 cores shared with other jobs)")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as folder:
+        store = Path(folder)
+        model_uri = log_model(args.onnx_dir.resolve(), store)
+        port = free_port()
+        command = [sys.executable, "-m", "slmflow.serve", "--model-uri", model_uri, "--port", str(port)]
+        env = {"MLFLOW_TRACKING_URI": f"sqlite:///{store / 'mlflow.db'}"}
+        with launched_server(command, f"http://127.0.0.1:{port}/ready", store / "server.log", **env) as server:
+            loaded = status_kib(server.pid, "VmRSS") / 1024
+            waves = [wave(port, server.pid, 1, args.max_tokens), wave(port, server.pid, args.clients, args.max_tokens)]
+    one, many = waves
+    extra_tokens = many["tokens_in_flight"] - one["tokens_in_flight"]
+    per_1k_tokens = (many["vm_hwm_mib"] - one["vm_hwm_mib"]) / extra_tokens * 1000 if extra_tokens > 0 else None
+    result = {
+        "model": args.onnx_dir.name,
+        "label": args.label,
+        "host_cpus": os.cpu_count(),
+        "loaded_rss_mib": round(loaded, 1),
+        "waves": waves,
+        "mib_per_1k_tokens_in_flight": round(per_1k_tokens, 2) if per_1k_tokens is not None else None,
+    }
+    table = "\n".join(
+        [
+            f"Server peak RSS, {args.onnx_dir.name}, {args.label}: model loaded {result['loaded_rss_mib']} MiB.",
+            "",
+            "| clients | max_tokens | tokens in flight | peak RSS (MiB) | VmHWM (MiB) | seconds |",
+            "|---|---|---|---|---|---|",
+            *(
+                f"| {w['clients']} | {w['max_tokens']} | {w['tokens_in_flight']} | {w['peak_rss_mib']} | "
+                f"{w['vm_hwm_mib']} | {w['seconds']} |"
+                for w in waves
+            ),
+            "",
+            f"Growth per 1k tokens in flight: {result['mib_per_1k_tokens_in_flight']} MiB.",
+        ]
+    )
+    write_report("server-peak-rss", result, table)
+
+
+if __name__ == "__main__":
+    main()
