@@ -182,7 +182,7 @@ _SCHEMA_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # as OpenAI
 
 
 def parse_response_format(value: Any, where: str = "") -> ResponseFormat | None:
-    """OpenAI's `response_format` (an object, or its JSON text as a pyfunc param): None for free text.
+    """OpenAI's `response_format` (an object, or its JSON text as a text column holds it); None for text.
 
     Only its shape is checked here; whether the runtime can compile the schema, the engine checks."""
     label, param = f"{_at(where)}'response_format'", "response_format"

@@ -25,7 +25,6 @@ ENTRY_MODULE = "slmflow.chat.pyfunc_entry"
 
 # Request fields MLflow type-checks itself when they come as params (or at the top level of a chat body);
 # MLflow drops params it has no spec for, so the scalar unsupported fields are declared too, to be refused.
-# MLflow params are scalars or arrays of them: `response_format` comes as its JSON text.
 PARAM_TYPES = {
     "max_tokens": "long",
     "max_completion_tokens": "long",
@@ -34,7 +33,6 @@ PARAM_TYPES = {
     "top_k": "long",
     "seed": "long",
     "min_tokens": "long",
-    "response_format": "string",
     "n": "long",
     "stream": "boolean",
     "logprobs": "boolean",
@@ -42,6 +40,27 @@ PARAM_TYPES = {
     "presence_penalty": "double",
     "frequency_penalty": "double",
 }
+
+
+# OpenAI's response_format as a param: `mlflow models serve` hands a chat body's top-level fields over as
+# params. MLflow checks this shape; the request model checks the rest (the schema itself is of any type).
+RESPONSE_FORMAT_PARAM = Object(
+    [
+        Property("type", "string"),
+        Property(
+            "json_schema",
+            Object(
+                [
+                    Property("name", "string"),
+                    Property("description", "string", required=False),
+                    Property("schema", AnyType(), required=False),
+                    Property("strict", "boolean", required=False),
+                ]
+            ),
+            required=False,
+        ),
+    ]
+)
 
 
 def onnx_chat_signature() -> ModelSignature:
@@ -60,6 +79,7 @@ def onnx_chat_signature() -> ModelSignature:
         [
             *(ParamSpec(name, dtype, None) for name, dtype in PARAM_TYPES.items()),
             ParamSpec("stop", "string", [], shape=(-1,)),
+            ParamSpec("response_format", RESPONSE_FORMAT_PARAM, {"type": "text"}),
         ]
     )
     # Outputs: an OpenAI chat.completion, the schema MLflow gives the transformers flavor's llm/v1/chat task.

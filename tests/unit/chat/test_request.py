@@ -264,7 +264,7 @@ def test_response_format_is_carried_in_the_settings_from_rows_params_and_spark_a
             {"messages": USER, "response_format": {"type": "text"}},  # a row's own value wins over params
             {"messages": USER},
         ],
-        {"response_format": json.dumps(JSON_SCHEMA_FORMAT)},  # params are JSON text (MLflow params are scalars)
+        {"response_format": JSON_SCHEMA_FORMAT},
         DEFAULTS,
     )
     assert json.loads(json_row.settings.response_format.json_schema) == {"type": "object"}
@@ -276,6 +276,8 @@ def test_response_format_is_carried_in_the_settings_from_rows_params_and_spark_a
     }
     [from_spark] = parse_requests(pd.DataFrame({"messages": [USER], "response_format": [arrays]}), None, DEFAULTS)
     assert from_spark.settings.response_format == spark_row.settings.response_format
+    [as_text] = parse_requests({"messages": USER, "response_format": json.dumps(JSON_SCHEMA_FORMAT)}, None)
+    assert as_text.settings.response_format == spark_row.settings.response_format  # a column of JSON text
 
 
 def test_constrained_and_free_rows_never_share_a_batch_key():

@@ -38,7 +38,8 @@ def test_onnx_model_is_logged_from_code_with_pins_signature_and_example(logged_m
     } <= inputs
     params = {spec["name"]: spec for spec in json.loads(mlmodel["signature"]["params"])}
     assert {"max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "min_tokens"} <= set(params)
-    assert params["response_format"]["type"] == "string"  # its JSON text: MLflow params are scalars
+    assert params["response_format"]["type"] == "object"  # a chat body's top-level field, as OpenAI's
+    assert params["response_format"]["default"] == {"type": "text"}
     outputs = {spec["name"] for spec in json.loads(mlmodel["signature"]["outputs"])}
     assert {"choices", "usage", "object"} <= outputs  # the version page shows the chat.completion shape
     assert (folder / "requirements.txt").read_text().split() == pinned_requirements(*ONNX_REQUIREMENTS)

@@ -102,10 +102,12 @@ def test_pyfunc_takes_response_format_per_row_and_as_a_param(onnx_pyfunc):
     valid(constrained["choices"][0]["message"]["content"])
     assert free["choices"][0]["message"]["content"] == "The capital of Peru is Lima."
     outs = onnx_pyfunc.predict(
-        pd.DataFrame([question("Kenya"), question("Japan")]), params={"response_format": json.dumps(CITY_FORMAT)}
+        pd.DataFrame([question("Kenya"), question("Japan")]), params={"response_format": CITY_FORMAT}
     )
     for out in outs:
         valid(out["choices"][0]["message"]["content"])
+    [text_row] = onnx_pyfunc.predict([question("Peru", response_format=json.dumps(CITY_FORMAT))])  # JSON text too
+    valid(text_row["choices"][0]["message"]["content"])
 
 
 def test_pyfunc_streams_a_schema_answer(onnx_pyfunc):
