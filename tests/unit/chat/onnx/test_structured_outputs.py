@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from mlflow.exceptions import MlflowException
 
+from slmflow.batch.row_model import score_requests
 from slmflow.chat.request import parse_requests
 from slmflow.errors import BadRequestError
 
@@ -121,3 +122,11 @@ def test_pyfunc_refuses_a_bad_schema_as_an_invalid_parameter(onnx_pyfunc):
     with pytest.raises(MlflowException, match="'response_format'") as raised:
         onnx_pyfunc.predict(question("Spain", response_format=bad))
     assert raised.value.error_code == "INVALID_PARAMETER_VALUE"
+
+
+def test_batch_scoring_lines_ask_for_json_beside_free_ones(onnx_pyfunc):
+    """The JSON request lines a Spark executor scores (`slmflow.batch.row_model`), through the logged model."""
+    lines = [json.dumps(question("Spain", response_format=CITY_FORMAT)), json.dumps(question("Kenya"))]
+    constrained, free = score_requests(onnx_pyfunc.predict, lines)
+    valid(constrained["answer"])
+    assert free["answer"] == "The capital of Kenya is Nairobi."
