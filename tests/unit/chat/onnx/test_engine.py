@@ -7,7 +7,7 @@ from mlflow.exceptions import MlflowException
 from slmflow.chat.onnx.engine import OnnxChatEngine
 from slmflow.chat.request import ChatRequest
 from slmflow.errors import BadRequestError, DeadlineExceededError
-from slmflow.policy import RequestLimits, SamplingSettings
+from slmflow.policy import RequestLimits, SamplingSettings, ServingPolicy
 
 QUESTIONS = {
     "Spain": "Madrid",
@@ -194,7 +194,7 @@ def test_predict_stream_is_lazy():
 
     model = OnnxChatModel()
     model.engine, model.model_name = StepEngine(), "onnx-chat"
-    model.defaults, model.limits = SamplingSettings(max_tokens=2), RequestLimits()
+    model.policy = ServingPolicy(defaults=SamplingSettings(max_tokens=2))
     chunks = model.predict_stream(None, {"messages": [user("hi")]})
     assert next(chunks)["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     assert next(chunks)["choices"][0]["delta"] == {"content": "The"}
@@ -331,7 +331,9 @@ def test_a_request_past_its_deadline_stops_and_frees_the_model(onnx_engine):
 
 
 def test_the_pyfunc_answers_a_request_past_its_deadline_with_deadline_exceeded(onnx_pyfunc, monkeypatch):
-    monkeypatch.setattr(onnx_pyfunc.unwrap_python_model(), "limits", RequestLimits(timeout_seconds=1e-6))
+    monkeypatch.setattr(
+        onnx_pyfunc.unwrap_python_model(), "policy", ServingPolicy(limits=RequestLimits(timeout_seconds=1e-6))
+    )
     with pytest.raises(MlflowException, match="deadline") as raised:
         onnx_pyfunc.predict({"messages": [user("hi")], "max_tokens": 400, "min_tokens": 400})
     assert raised.value.error_code == "DEADLINE_EXCEEDED" and raised.value.get_http_status_code() == 504
