@@ -8,20 +8,14 @@ through `predict`, a wait queue of one, so that a burst gets 429s).
 from __future__ import annotations
 
 import json
-import re
-import sys
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
 
-import mlflow
 import openai
 import pytest
 import requests
 import schemathesis
 from hypothesis import HealthCheck, settings
-from mlflow.tracking import MlflowClient
 from schemathesis.checks import (
     content_type_conformance,
     not_a_server_error,
@@ -29,46 +23,10 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from testkit.processes import free_port, launched_server
+from testkit.openai_server import CAPITALS, Server, answer, champion, metric_value, question, serve
 
 API_KEY = f"sk-test-{uuid.uuid4().hex}"
 MAX_BODY_BYTES = 65536
-CAPITALS = {"Spain": "Madrid", "Kenya": "Nairobi", "Peru": "Lima", "Japan": "Tokyo"}
-
-
-@dataclass(frozen=True)
-class Server:
-    base: str
-    log: Path
-    name: str
-
-    def client(self, api_key: str = API_KEY) -> openai.OpenAI:
-        return openai.OpenAI(base_url=f"{self.base}/v1", api_key=api_key, max_retries=0, timeout=120)
-
-    def metrics(self) -> str:
-        return requests.get(f"{self.base}/metrics", timeout=30).text
-
-
-def question(country: str) -> list[dict[str, str]]:
-    return [{"role": "user", "content": f"What is the capital of {country}?"}]
-
-
-def answer(country: str) -> str:
-    return f"The capital of {country} is {CAPITALS[country]}."
-
-
-def champion(model_uri: str, name: str) -> str:
-    version = mlflow.register_model(model_uri, name)
-    MlflowClient().set_registered_model_alias(name, "champion", version.version)
-    return f"models:/{name}@champion"
-
-
-def serve(uri: str, name: str, log: Path, *options: str, **env: str):
-    port = free_port()
-    command = [sys.executable, "-m", "slmflow.serve", "--model-uri", uri, "--port", str(port), *options]
-    return launched_server(command, f"http://127.0.0.1:{port}/ready", log, **env), Server(
-        f"http://127.0.0.1:{port}", log, name
-    )
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +43,7 @@ def onnx_server(logged_models, tmp_path_factory):
         "64",
         "--max-body-bytes",
         str(MAX_BODY_BYTES),
+        api_key=API_KEY,
         SLMFLOW_API_KEY=API_KEY,
     )
     with process:
@@ -95,7 +54,9 @@ def onnx_server(logged_models, tmp_path_factory):
 def transformers_server(logged_models, tmp_path_factory):
     uri = champion(logged_models["transformers-chat"], "openai-tiny-chat-transformers")
     log = tmp_path_factory.mktemp("transformers-server") / "server.log"
-    process, server = serve(uri, "openai-tiny-chat-transformers", log, "--max-queue", "1", "--api-key", API_KEY)
+    process, server = serve(
+        uri, "openai-tiny-chat-transformers", log, "--max-queue", "1", "--api-key", API_KEY, api_key=API_KEY
+    )
     with process:
         yield server
 
@@ -229,13 +190,6 @@ def test_a_body_without_content_type_is_read_as_json(onnx_server):
     response = raw_post(onnx_server, good_body(temperature=0), AUTH)
     assert response.status_code == 200
     assert response.json()["choices"][0]["message"]["content"] == answer("Spain")
-
-
-def metric_value(text: str, name: str, **labels: str) -> float:
-    label_text = ",".join(f'{key}="{value}"' for key, value in labels.items())
-    pattern = rf"^{re.escape(name)}{re.escape('{' + label_text + '}') if labels else ''} (\S+)$"
-    match = re.search(pattern, text, re.MULTILINE)
-    return float(match.group(1)) if match else 0.0
 
 
 def test_32_concurrent_requests_from_4_clients_are_batched_and_all_right(onnx_server):
