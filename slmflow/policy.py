@@ -141,13 +141,15 @@ class ServingPolicy(Strict):
     defaults: SamplingSettings = DEFAULT_SETTINGS
     limits: RequestLimits = RequestLimits()
 
-    def as_model_config(self) -> dict[str, Any]:
+    def as_mapping(self) -> dict[str, Any]:
+        """The entry a logged model carries, in its `model_config` or its MLmodel `metadata`."""
         return {SERVING_POLICY_KEY: self.model_dump(mode="json")}
 
     @classmethod
-    def from_model_config(cls, model_config: Any) -> ServingPolicy:
-        """The policy a logged model carries (JSON lists come back as tuples); the defaults if it carries none."""
-        stored = (model_config or {}).get(SERVING_POLICY_KEY)
+    def from_mapping(cls, mapping: Any) -> ServingPolicy:
+        """The policy in a logged model's `model_config` or `metadata` (JSON lists come back as tuples);
+        the defaults if it carries none."""
+        stored = (mapping or {}).get(SERVING_POLICY_KEY)
         return cls() if stored is None else cls.model_validate(stored, strict=False)
 
 

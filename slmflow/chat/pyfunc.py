@@ -39,7 +39,7 @@ class OnnxChatModel(mlflow.pyfunc.PythonModel):
             intra_op_num_threads=int(model_config.get("intra_op_num_threads", 0)),
             truncate_long_prompts=bool(model_config.get("truncate_long_prompts", False)),
         )
-        self.policy = ServingPolicy.from_model_config(model_config)
+        self.policy = ServingPolicy.from_mapping(model_config)
         self.model_name = str(model_config.get("model_name", tags.ONNX_MODEL_NAME))
 
     def predict(self, context, model_input, params: dict[str, Any] | None = None) -> list:

@@ -153,6 +153,10 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
         )
         return ModelList(data=[card])
 
+    _add_chat_route(app, state)
+
+
+def _add_chat_route(app: FastAPI, state: ServerState) -> None:
     @app.post(
         CHAT_ROUTE,
         response_model=ChatCompletion,

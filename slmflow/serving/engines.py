@@ -50,7 +50,7 @@ def load_served_model(model_uri: str) -> ServedModel:
     policy is the one the logged model carries (`slmflow.policy.ServingPolicy`)."""
     pyfunc = mlflow.pyfunc.load_model(model_uri)
     if "transformers" in pyfunc.metadata.flavors:
-        policy = ServingPolicy.from_model_config(pyfunc.metadata.metadata)
+        policy = ServingPolicy.from_mapping(pyfunc.metadata.metadata)
         flavor, engine = tags.TRANSFORMERS_MODEL_NAME, PredictEngine(pyfunc)
     else:
         python_model = pyfunc.unwrap_python_model()

@@ -12,6 +12,7 @@ import hmac
 import logging
 import time
 import uuid
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,7 +105,7 @@ class _CountedSend:
         self.started = time.monotonic()
         self.status: int | None = None
 
-    async def __call__(self, message: dict[str, Any]) -> None:
+    async def __call__(self, message: MutableMapping[str, Any]) -> None:
         if message["type"] == "http.response.start":
             self.status = message["status"]
         if message["type"] == "http.response.body" and not message.get("more_body") and self.status:

@@ -7,6 +7,7 @@ checks each body against the same bounds (`slmflow.policy`) and names the field 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from fastapi.responses import JSONResponse
@@ -115,11 +116,11 @@ class ApiError(Exception):
         type_: str = "invalid_request_error",
         param: str | None = None,
         code: str | None = None,
-        headers: dict[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
-        self.headers = headers
+        self.headers = dict(headers) if headers else None
 
 
 def _encodable(text: str | None) -> str | None:

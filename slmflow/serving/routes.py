@@ -19,7 +19,7 @@ from fastapi import Request
 from starlette.requests import ClientDisconnect
 
 from slmflow.chat.onnx.rows import Completion
-from slmflow.chat.response import ChatCompletionChunk, ChunkChoice, ChunkDelta, Usage
+from slmflow.chat.response import ChatCompletionChunk, ChunkChoice, ChunkDelta, FinishReason, Usage
 from slmflow.errors import BadRequestError, DeadlineExceededError
 from slmflow.serving.batcher import Accepted, Delta, Failed, Finished, Ticket
 from slmflow.serving.metrics import Metrics
@@ -144,7 +144,7 @@ async def stream_events(ticket: Ticket, model: str, include_usage: bool, metrics
             if isinstance(event, Finished):
                 completion = event.completion
                 record(metrics, ticket, completion)
-                yield chunk(ChunkDelta(), completion.finish_reason)
+                yield chunk(ChunkDelta(), completion.finish_reason)  # type: ignore[arg-type]
                 if include_usage:
                     yield chunk(None, usage=Usage.of(completion.prompt_tokens, completion.completion_tokens))
             elif isinstance(event, Failed):
@@ -156,7 +156,7 @@ async def stream_events(ticket: Ticket, model: str, include_usage: bool, metrics
 
 
 def _chunk_writer(completion_id: str, model: str, include_usage: bool) -> Callable[..., str]:
-    def chunk(delta: ChunkDelta | None, finish_reason: str | None = None, usage: Usage | None = None) -> str:
+    def chunk(delta: ChunkDelta | None, finish_reason: FinishReason | None = None, usage: Usage | None = None) -> str:
         choices = [] if delta is None else [ChunkChoice(delta=delta, finish_reason=finish_reason)]
         typed = ChatCompletionChunk(id=completion_id, model=model, choices=choices, usage=usage)
         return sse(typed.payload(include_usage))
