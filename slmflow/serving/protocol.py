@@ -62,6 +62,12 @@ class ChatCompletionBody(_Body):
     seed: Seed | None = None
     min_tokens: MinTokens | None = None
     stop: str | list[str] | None = Field(None, max_length=MAX_STOP_STRINGS)
+    # Accepted and ignored, or accepted with OpenAI's default value only.
+    user: str | None = None
+    n: Literal[1] | None = None
+    logprobs: Literal[False] | None = None
+    presence_penalty: Literal[0] | None = None
+    frequency_penalty: Literal[0] | None = None
 
 
 class ErrorDetail(BaseModel):
