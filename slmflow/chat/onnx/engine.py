@@ -1,9 +1,9 @@
 """The onnxruntime-genai generation engine: a step-wise API over which callers batch rows of many requests.
 
-`prepare` checks and tokenizes one request into a `GenerationRow`, `fits` says which rows may share a batch (each with
-its whole budget), `decode` generates one runtime batch
-of rows that share a `batch_key` and yields after every token, `GenerationRow.cancel` stops one row,
-and `completion` gives a finished row's answer. `generate` and `stream` (used by the pyfunc) are built
+`prepare` checks and tokenizes one request into a `GenerationRow`, `fits` says which rows may share a
+runtime batch (one `batch_key`, each row with its whole budget), `decode` generates one such batch and
+yields after every token, `GenerationRow.cancel` stops one row, and `completion` gives a finished
+row's answer. `generate` and `stream` (used by the pyfunc) are built
 on them. The og.Model and og.Tokenizer are shared; every batch gets its own GeneratorParams and Generator.
 """
 
