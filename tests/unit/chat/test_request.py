@@ -250,3 +250,14 @@ def test_any_json_in_any_field_is_parsed_or_refused_naming_a_field(body, good):
         assert len(str(error)) < QUOTE_CHARS + 200
     else:
         assert len(rows) == 1 and (rows[0].messages or rows[0].prompt)
+
+
+def test_the_message_count_is_bounded_before_any_message_is_read():
+    many = [{"role": "user", "content": ""}] * 5 + [{"role": "pirate"}]  # the bad one is never reached
+    for parse in (
+        lambda: parse_chat_completion({"messages": many}, DEFAULTS, RequestLimits(max_messages=4)),
+        lambda: parse_requests({"messages": many}, None, DEFAULTS, RequestLimits(max_messages=4)),
+    ):
+        with pytest.raises(BadRequestError) as refused:
+            parse()
+        assert (refused.value.param, refused.value.code) == ("messages", "too_many_messages")
