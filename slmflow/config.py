@@ -18,7 +18,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from slmflow.digests import sha256_file
 from slmflow.errors import ConfigError
-from slmflow.policy import DEFAULT_SETTINGS, MaxTokens, RequestLimits, Seed, Temperature, TopK, TopP
+from slmflow.policy import (
+    DEFAULT_SETTINGS,
+    MaxTokens,
+    RequestLimits,
+    SamplingSettings,
+    Seed,
+    ServingPolicy,
+    Temperature,
+    TopK,
+    TopP,
+)
 
 BUILTIN_PREFIX = "builtin:"
 LOCAL_PREFIX = "local:"
@@ -116,6 +126,17 @@ class GenerationConfig(_Section):
     top_k: TopK = DEFAULT_SETTINGS.top_k
     seed: Seed | None = DEFAULT_SETTINGS.seed
     limits: RequestLimits = RequestLimits()
+
+    def serving_policy(self) -> ServingPolicy:
+        """The policy the logged models carry, whatever their flavor."""
+        defaults = SamplingSettings(
+            max_tokens=self.max_new_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            seed=self.seed,
+        )
+        return ServingPolicy(defaults=defaults, limits=self.limits)
 
 
 class RuntimeConfig(_Section):

@@ -74,12 +74,12 @@ def refuse_control_characters(text: str) -> str:
 
 
 # The typed fields: one definition of each limit, used by requests and by the pipeline config.
-MaxTokens = Annotated[int, BeforeValidator(_integer), Field(ge=1, le=INT32_MAX)]
-Temperature = Annotated[float, BeforeValidator(_real), Field(ge=0.0, le=2.0)]
-TopP = Annotated[float, BeforeValidator(_real), Field(gt=0.0, le=1.0)]
-TopK = Annotated[int, BeforeValidator(_integer), Field(ge=1, le=INT32_MAX)]
-Seed = Annotated[int, BeforeValidator(_integer), Field(ge=0, le=INT32_MAX)]
-MinTokens = Annotated[int, BeforeValidator(_integer), Field(ge=0, le=INT32_MAX)]
+MaxTokens = Annotated[int, Field(ge=1, le=INT32_MAX), BeforeValidator(_integer)]
+Temperature = Annotated[float, Field(ge=0.0, le=2.0), BeforeValidator(_real)]
+TopP = Annotated[float, Field(gt=0.0, le=1.0), BeforeValidator(_real)]
+TopK = Annotated[int, Field(ge=1, le=INT32_MAX), BeforeValidator(_integer)]
+Seed = Annotated[int, Field(ge=0, le=INT32_MAX), BeforeValidator(_integer)]
+MinTokens = Annotated[int, Field(ge=0, le=INT32_MAX), BeforeValidator(_integer)]
 StopStrings = Annotated[tuple[str, ...], BeforeValidator(_stop_strings)]
 SAMPLING_FIELDS = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "min_tokens")
 
@@ -146,6 +146,9 @@ class RequestLimits(Strict):
     """Bounds on the work one request may ask for."""
 
     max_rows: int = Field(64, ge=1, description="rows per request")
+    max_messages: int = Field(
+        512, ge=1, description="chat messages per row, checked before the prompt is rendered or tokenized"
+    )
     max_total_tokens: int = Field(32768, ge=1, description="rows x (prompt tokens + max_tokens) per request")
     max_request_chars: int = Field(
         4_000_000, ge=1, description="characters of text per request, checked before any tokenizing"
@@ -153,3 +156,27 @@ class RequestLimits(Strict):
     timeout_seconds: float = Field(
         50.0, gt=0, description="generation stops after this; below the scoring server's 60 s timeout"
     )
+
+
+class ServingPolicy(Strict):
+    """What a logged model serves with: its default settings and its per-request limits.
+
+    Built once from the config's `generation` section, carried by the logged model, and applied by
+    the pyfunc model, `mlflow models serve` and the OpenAI-compatible server alike."""
+
+    defaults: SamplingSettings = DEFAULT_SETTINGS
+    limits: RequestLimits = RequestLimits()
+
+    def as_mapping(self) -> dict[str, Any]:
+        """The entry a logged model carries, in its `model_config` or its MLmodel `metadata`."""
+        return {SERVING_POLICY_KEY: self.model_dump(mode="json")}
+
+    @classmethod
+    def from_mapping(cls, mapping: Any) -> ServingPolicy:
+        """The policy in a logged model's `model_config` or `metadata` (JSON lists come back as tuples);
+        the defaults if it carries none."""
+        stored = (mapping or {}).get(SERVING_POLICY_KEY)
+        return cls() if stored is None else cls.model_validate(stored, strict=False)
+
+
+SERVING_POLICY_KEY = "serving_policy"

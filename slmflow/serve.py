@@ -24,6 +24,13 @@ def positive(text: str) -> int:
     return value
 
 
+def seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0 seconds, got {text}")
+    return value
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m slmflow.serve", description=__doc__.splitlines()[0])
     parser.add_argument("--model-uri", required=True, help="any MLflow model URI, e.g. models:/<name>@champion")
@@ -33,6 +40,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-batch-size", type=positive, default=16, help="rows generated together")
     parser.add_argument("--max-queue", type=positive, default=64, help="requests that may wait; more get 429")
     parser.add_argument("--max-body-bytes", type=positive, default=1_000_000, help="larger bodies get 413")
+    parser.add_argument(
+        "--header-timeout", type=seconds, default=10.0, help="seconds a connection has to send its request headers"
+    )
+    parser.add_argument("--body-timeout", type=seconds, default=30.0, help="seconds a request has to send its body")
+    parser.add_argument(
+        "--shutdown-timeout", type=seconds, default=30.0, help="seconds running requests get to finish on SIGTERM"
+    )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return parser.parse_args(argv)
 
@@ -41,6 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
     from slmflow.serving.app import ServerSettings, create_app
+    from slmflow.serving.connections import header_timeout_protocol
 
     args = parse_args(argv)
     sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
@@ -51,6 +66,8 @@ def main(argv: list[str] | None = None) -> None:
         max_batch_size=args.max_batch_size,
         max_queue=args.max_queue,
         max_body_bytes=args.max_body_bytes,
+        header_timeout_seconds=args.header_timeout,
+        body_timeout_seconds=args.body_timeout,
     )
     logging.getLogger(__name__).info(
         "serving %s on http://%s:%d (API key %s)",
@@ -59,7 +76,14 @@ def main(argv: list[str] | None = None) -> None:
         args.port,
         "required" if settings.api_key else "not required",
     )
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
+    uvicorn.run(
+        create_app(settings),
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        http=header_timeout_protocol(args.header_timeout),
+        timeout_graceful_shutdown=args.shutdown_timeout,
+    )
 
 
 if __name__ == "__main__":

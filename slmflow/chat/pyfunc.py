@@ -7,7 +7,7 @@ import contextlib
 import itertools
 import logging
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any
 
 import mlflow
@@ -20,19 +20,10 @@ from slmflow.chat.onnx.rows import Completion
 from slmflow.chat.request import ChatRequest, parse_requests
 from slmflow.chat.response import chat_completion, chat_completion_chunk
 from slmflow.errors import BadRequestError, DeadlineExceededError
-from slmflow.policy import RequestLimits, SamplingSettings
+from slmflow.policy import ServingPolicy
 
 ONNX_ARTIFACT = "onnx_model"
 _logger = logging.getLogger(__name__)
-
-
-def sampling_defaults(model_config: Mapping[str, Any]) -> SamplingSettings:
-    """The model's default settings, from the logged generation config (validated by the request model)."""
-    names = {"max_new_tokens": "max_tokens", "temperature": "temperature", "top_p": "top_p", "top_k": "top_k"}
-    values = {field_name: model_config[key] for key, field_name in names.items() if key in model_config}
-    if model_config.get("seed") is not None:
-        values["seed"] = model_config["seed"]
-    return SamplingSettings(**values)
 
 
 class OnnxChatModel(mlflow.pyfunc.PythonModel):
@@ -48,23 +39,22 @@ class OnnxChatModel(mlflow.pyfunc.PythonModel):
             intra_op_num_threads=int(model_config.get("intra_op_num_threads", 0)),
             truncate_long_prompts=bool(model_config.get("truncate_long_prompts", False)),
         )
-        self.defaults = sampling_defaults(model_config)
-        self.limits = RequestLimits(**model_config.get("limits", {}))
+        self.policy = ServingPolicy.from_mapping(model_config)
         self.model_name = str(model_config.get("model_name", tags.ONNX_MODEL_NAME))
 
     def predict(self, context, model_input, params: dict[str, Any] | None = None) -> list:
         with _refusals():
-            requests = parse_requests(model_input, params, self.defaults, self.limits)
-            completions = self.engine.generate(requests, self.limits)
+            requests = parse_requests(model_input, params, self.policy.defaults, self.policy.limits)
+            completions = self.engine.generate(requests, self.policy.limits)
         return [self._output(request, done) for request, done in zip(requests, completions, strict=True)]
 
     def predict_stream(self, context, model_input, params: dict[str, Any] | None = None):
         with _refusals():
-            requests = parse_requests(model_input, params, self.defaults, self.limits)
+            requests = parse_requests(model_input, params, self.policy.defaults, self.policy.limits)
             if len(requests) != 1:
                 raise BadRequestError("streaming takes exactly one request")
             request = requests[0]
-            pieces = self.engine.stream(request, self.limits)
+            pieces = self.engine.stream(request, self.policy.limits)
             first = next(pieces)
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         if request.is_chat:

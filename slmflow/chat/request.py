@@ -30,6 +30,7 @@ from slmflow.policy import (
 )
 
 ROLES = ("system", "user", "assistant")
+DEFAULT_LIMITS = RequestLimits()
 QUOTE_CHARS = 200
 
 
@@ -110,13 +111,22 @@ def refuse_unsupported(source: Mapping[str, Any], where: str, allow: tuple[str, 
             )
 
 
-def parse_messages(messages: Any, where: str = "") -> tuple[dict[str, str], ...]:
-    """OpenAI chat messages as role/content pairs; content may be a string or a list of text parts."""
+def parse_messages(
+    messages: Any, where: str = "", max_messages: int = DEFAULT_LIMITS.max_messages
+) -> tuple[dict[str, str], ...]:
+    """OpenAI chat messages as role/content pairs; content may be a string or a list of text parts.
+    Their number is bounded first: each one costs template rendering and tokens, even empty."""
     messages = plain(messages)
     if not isinstance(messages, list | tuple):
         raise BadRequestError(f"{_at(where)}'messages' must be a list of messages, got {quote(messages)}", "messages")
     if not messages:
         raise BadRequestError(f"{_at(where)}'messages' is empty", "messages")
+    if len(messages) > max_messages:
+        raise BadRequestError(
+            f"{_at(where)}'messages' holds {len(messages)} messages, more than the limit of {max_messages}",
+            "messages",
+            code="too_many_messages",
+        )
     parsed = []
     for position, message in enumerate(messages):
         param = f"messages[{position}]"
@@ -251,7 +261,7 @@ def parse_requests(
     """Rows from whatever pyfunc hands over (DataFrame, dict, list of dicts, strings), validated.
 
     Request fields may come per row or as `params` (a row's own value wins)."""
-    limits = limits or RequestLimits()
+    limits = limits or DEFAULT_LIMITS
     rows = _rows(model_input)
     if not rows:
         raise BadRequestError("the request holds no rows")
@@ -262,7 +272,7 @@ def parse_requests(
     params = dict(params or {})
     refuse_unsupported(params, "params", allow=STRUCTURED_OUTPUTS)
     base = _settings(defaults, params, where="params")
-    requests = [_parse_row(row, base, index) for index, row in enumerate(rows)]
+    requests = [_parse_row(row, base, index, limits.max_messages) for index, row in enumerate(rows)]
     _check_characters(requests, limits)
     return requests
 
@@ -293,7 +303,7 @@ def _rows(model_input: Any) -> list[Any]:
     raise BadRequestError(f"unsupported input type {type(model_input).__name__}")
 
 
-def _parse_row(row: Any, base: SamplingSettings, index: int) -> ChatRequest:
+def _parse_row(row: Any, base: SamplingSettings, index: int, max_messages: int) -> ChatRequest:
     where = f"row {index}"
     if not isinstance(row, Mapping):
         raise BadRequestError(f"{_at(where)}expected an object, got {type(row).__name__}")
@@ -311,7 +321,7 @@ def _parse_row(row: Any, base: SamplingSettings, index: int) -> ChatRequest:
         except ValueError as error:
             raise BadRequestError(f"{_at(where)}'prompt' {error}", "prompt") from None
         return ChatRequest(settings=settings, prompt=prompt)
-    return ChatRequest(settings=settings, messages=parse_messages(row["messages"], where))
+    return ChatRequest(settings=settings, messages=parse_messages(row["messages"], where, max_messages))
 
 
 class ChatCompletionRequest(Strict):
@@ -349,8 +359,10 @@ def parse_chat_completion(
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise BadRequestError(f"'model' must be a string, got {quote(model)}", "model")
-    request = ChatRequest(settings=_settings(defaults, body, ""), messages=parse_messages(body["messages"]))
-    _check_characters([request], limits or RequestLimits())
+    limits = limits or DEFAULT_LIMITS
+    messages = parse_messages(body["messages"], max_messages=limits.max_messages)
+    request = ChatRequest(settings=_settings(defaults, body, ""), messages=messages)
+    _check_characters([request], limits)
     return ChatCompletionRequest(request=request, model=model, stream=bool(stream), include_usage=include_usage)
 
 

@@ -87,10 +87,8 @@ def onnx_chat_signature() -> ModelSignature:
 
 
 def generation_model_config(generation: GenerationConfig, runtime: RuntimeConfig) -> dict[str, Any]:
-    config = generation.model_dump(exclude_none=True)
-    config.update(runtime.model_dump())
-    config["model_name"] = tags.ONNX_MODEL_NAME
-    return config
+    """The serving policy, the runtime settings and the served name: what `OnnxChatModel.load_context` reads."""
+    return {**generation.serving_policy().as_mapping(), **runtime.model_dump(), "model_name": tags.ONNX_MODEL_NAME}
 
 
 def log_onnx_chat_model(onnx_dir: Path, generation: GenerationConfig, runtime: RuntimeConfig) -> str:

@@ -40,6 +40,8 @@ def log_transformers_chat_model(checkpoint_dir: Path, source: SourceConfig, gene
         name=tags.TRANSFORMERS_MODEL_NAME,
         task="llm/v1/chat",
         model_config=transformers_generation_kwargs(generation),
+        # The pipeline takes model_config as generate() arguments; the serving policy goes in the metadata.
+        metadata=generation.serving_policy().as_mapping(),
         input_example=CHAT_EXAMPLE,
         # MLflow's inferred requirements add torchvision, which would pull a CUDA torch here.
         pip_requirements=pinned_requirements(*TRANSFORMERS_REQUIREMENTS),

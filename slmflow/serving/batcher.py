@@ -1,10 +1,12 @@
 """Batching across requests: one generation thread drives the engine; concurrent requests share batches.
 
 Requests that arrive while a batch generates wait (in a bounded queue) and form the next batch, up
-to `max_batch_size` rows that share the engine's batch key. Every row keeps its own parameters, stop
+to `max_batch_size` rows that share the engine's batch key and fit the context together, each with
+its whole budget (so no row's answer depends on its batch-mates). Every row keeps its own parameters, stop
 strings, usage and stream. A row that finishes early is answered at once, a cancelled row (its
 client went away) stops taking tokens, and new requests are validated between decode steps, so a
-bad request gets its 400 without waiting for the running batch.
+bad request gets its 400 without waiting for the running batch. Each request has the model's
+deadline (`limits.timeout_seconds`), queued or generating; past it, it fails (HTTP 504).
 
 The engine is touched by the generation thread only (onnxruntime-genai objects are not
 thread-safe); the asyncio side talks to it through `Ticket`s.
@@ -20,7 +22,8 @@ from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from slmflow.policy import SamplingSettings
+from slmflow.errors import DeadlineExceededError
+from slmflow.policy import RequestLimits, SamplingSettings
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +42,11 @@ class Engine(Protocol):
 
     max_batch_size: int
 
-    def prepare(self, request: Any) -> Row: ...
+    def prepare(self, request: Any, limits: RequestLimits) -> Row: ...
 
     def batch_key(self, row: Row) -> Hashable: ...
+
+    def fits(self, rows: list[Row]) -> bool: ...
 
     def decode(self, rows: list[Row]) -> Iterator[None]: ...
 
@@ -88,6 +93,7 @@ class Ticket:
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     submitted_at: float = field(default_factory=time.monotonic)
+    deadline: float = float("inf")
     first_token_at: float | None = None
     row: Row | None = None
     cancelled: bool = False
@@ -116,6 +122,7 @@ class Batcher:
         engine: Engine,
         max_batch_size: int,
         max_queue: int,
+        limits: RequestLimits | None = None,
         on_batch: Callable[[int], None] = lambda size: None,
         on_cancel: Callable[[], None] = lambda: None,
         gather_seconds: float = 0.001,
@@ -125,6 +132,7 @@ class Batcher:
         self.engine = engine
         self.max_batch_size = min(max_batch_size, engine.max_batch_size)
         self.max_queue = max_queue
+        self.limits = limits or RequestLimits()
         self._on_batch = on_batch
         self._on_cancel = on_cancel
         self.gather_seconds = gather_seconds
@@ -143,6 +151,7 @@ class Batcher:
     def submit(self, request: Any, stream: bool) -> Ticket:
         """Queue a request; raises QueueFullError when `max_queue` requests already wait."""
         ticket = Ticket(request=request, stream=stream, loop=asyncio.get_running_loop())
+        ticket.deadline = ticket.submitted_at + self.limits.timeout_seconds
         with self._lock:
             if self._stopped:
                 raise BatcherStoppedError("the server is shutting down")
@@ -194,10 +203,11 @@ class Batcher:
     def _admit(self) -> None:
         """Validate and tokenize the requests that arrived: a bad one fails now, not after the batch."""
         with self._lock:
+            self._drop_cancelled_and_expired()
             arrivals = [ticket for ticket in self._waiting if ticket.row is None]
         for ticket in arrivals:
             try:
-                ticket.row = self.engine.prepare(ticket.request)
+                ticket.row = self.engine.prepare(ticket.request, self.limits)
             except Exception as error:
                 with self._lock:
                     self._waiting.remove(ticket)
@@ -208,18 +218,45 @@ class Batcher:
                     ticket._send(Accepted())
 
     def _next_batch(self) -> list[Ticket]:
-        """The oldest ready request and the next ones sharing its batch key, up to the batch size."""
+        """The oldest ready request and the next ones that can join it: the same batch key, and every
+        row's whole budget within the context (`engine.fits`), up to the batch size."""
         with self._lock:
-            self._waiting = [ticket for ticket in self._waiting if not ticket.cancelled]
+            self._drop_cancelled_and_expired()
             ready = [ticket for ticket in self._waiting if ticket.row is not None]
             if not ready:
                 return []
             key = self._batch_key(ready[0].row)
-            batch = [ticket for ticket in ready if self._batch_key(ticket.row) == key]
-            batch = batch[: self.max_batch_size]
+            batch = [ready[0]]
+            for ticket in ready[1:]:
+                if len(batch) == self.max_batch_size:
+                    break
+                if self._batch_key(ticket.row) == key and self.engine.fits([t.row for t in (*batch, ticket)]):
+                    batch.append(ticket)
             for ticket in batch:
                 self._waiting.remove(ticket)
         return batch
+
+    def _drop_cancelled_and_expired(self) -> None:
+        """Waiting tickets whose client left are counted as cancelled; those past their deadline fail.
+        Called with the lock held."""
+        keep = []
+        now = time.monotonic()
+        for ticket in self._waiting:
+            if ticket.cancelled:
+                ticket.done = True
+                self._on_cancel()
+            elif now > ticket.deadline:
+                self._expire(ticket)
+            else:
+                keep.append(ticket)
+        self._waiting = keep
+
+    def _expire(self, ticket: Ticket) -> None:
+        if ticket.row is not None:
+            ticket.row.cancel()
+        ticket.done = True
+        seconds = self.limits.timeout_seconds
+        ticket._send(Failed(DeadlineExceededError(f"the request did not finish within its deadline of {seconds:g} s")))
 
     def _batch_key(self, row: Row) -> Hashable:
         """The engine's key, except that a row sampled with a seed generates alone: in a shared generator
@@ -253,6 +290,9 @@ class Batcher:
                 row.cancel()
                 ticket.done = True
                 self._on_cancel()
+                continue
+            if row.finish_reason is None and time.monotonic() > ticket.deadline:
+                self._expire(ticket)
                 continue
             if ticket.first_token_at is None and row.text:
                 ticket.first_token_at = time.monotonic()

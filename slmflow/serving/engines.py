@@ -16,12 +16,12 @@ import mlflow
 
 from slmflow import tags
 from slmflow.chat.onnx.engine import OnnxChatEngine
-from slmflow.chat.onnx.rows import Completion
+from slmflow.chat.onnx.rows import Completion, refuse_beyond_total_tokens
 from slmflow.chat.request import ChatRequest
 from slmflow.chat.response import single_prediction
 from slmflow.chat.stopping import first_stop
 from slmflow.errors import BadRequestError
-from slmflow.policy import SamplingSettings
+from slmflow.policy import RequestLimits, SamplingSettings, ServingPolicy
 from slmflow.serving.batcher import Engine
 
 
@@ -30,7 +30,7 @@ class ServedModel:
     name: str
     flavor: str
     engine: Engine
-    defaults: SamplingSettings
+    policy: ServingPolicy
     context_length: int
     streams_tokens: bool
     created: int
@@ -46,22 +46,23 @@ def served_name(model_uri: str, fallback: str) -> str:
 
 
 def load_served_model(model_uri: str) -> ServedModel:
-    """Load the model once, from any MLflow model URI, and pick its engine by flavor."""
+    """Load the model once, from any MLflow model URI, and pick its engine by flavor. The serving
+    policy is the one the logged model carries (`slmflow.policy.ServingPolicy`)."""
     pyfunc = mlflow.pyfunc.load_model(model_uri)
     if "transformers" in pyfunc.metadata.flavors:
+        policy = ServingPolicy.from_mapping(pyfunc.metadata.metadata)
         flavor, engine = tags.TRANSFORMERS_MODEL_NAME, PredictEngine(pyfunc)
-        defaults = engine.defaults
     else:
         python_model = pyfunc.unwrap_python_model()
         flavor, engine = tags.ONNX_MODEL_NAME, getattr(python_model, "engine", None)
         if not isinstance(engine, OnnxChatEngine):
             raise ValueError(f"{model_uri} is neither an onnx-chat nor a transformers-chat model")
-        defaults = python_model.defaults
+        policy = python_model.policy
     return ServedModel(
         name=served_name(model_uri, flavor),
         flavor=flavor,
         engine=engine,
-        defaults=defaults,
+        policy=policy,
         context_length=engine.context_length,
         streams_tokens=flavor == tags.ONNX_MODEL_NAME,
         created=int(time.time()),
@@ -100,10 +101,8 @@ class PredictEngine:
         pipeline = pyfunc.get_raw_model()
         self.tokenizer = pipeline.tokenizer
         self.context_length = int(pipeline.model.config.max_position_embeddings)
-        model_config = dict(pyfunc.model_config or {})
-        self.defaults = SamplingSettings(max_tokens=int(model_config.get("max_new_tokens", 64)))
 
-    def prepare(self, request: ChatRequest) -> PredictRow:
+    def prepare(self, request: ChatRequest, limits: RequestLimits | None = None) -> PredictRow:
         if not request.is_chat:
             raise BadRequestError("the transformers-chat model takes chat 'messages' only", "messages")
         prompt_ids = self.tokenizer.apply_chat_template(list(request.messages), add_generation_prompt=True)
@@ -120,10 +119,15 @@ class PredictEngine:
                 param="max_tokens" if settings.max_tokens_explicit else "messages",
                 code="context_length_exceeded",
             )
+        if limits is not None:
+            refuse_beyond_total_tokens(prompt_tokens + settings.max_tokens, limits)
         return PredictRow(request=request, prompt_tokens=prompt_tokens)
 
     def batch_key(self, row: PredictRow) -> int:
         return id(row)
+
+    def fits(self, rows: list[PredictRow]) -> bool:
+        return len(rows) <= self.max_batch_size
 
     def decode(self, rows: list[PredictRow]) -> Iterator[None]:
         for row in rows:

@@ -8,20 +8,16 @@ through `predict`, a wait queue of one, so that a burst gets 429s).
 from __future__ import annotations
 
 import json
-import re
-import sys
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
 
-import mlflow
 import openai
 import pytest
 import requests
 import schemathesis
-from hypothesis import HealthCheck, settings
-from mlflow.tracking import MlflowClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from schemathesis.checks import (
     content_type_conformance,
     not_a_server_error,
@@ -29,46 +25,19 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from testkit.processes import free_port, launched_server
+from testkit.openai_server import (
+    CAPITALS,
+    Server,
+    answer,
+    champion,
+    metric_value,
+    question,
+    requests_counted,
+    serve,
+)
 
 API_KEY = f"sk-test-{uuid.uuid4().hex}"
 MAX_BODY_BYTES = 65536
-CAPITALS = {"Spain": "Madrid", "Kenya": "Nairobi", "Peru": "Lima", "Japan": "Tokyo"}
-
-
-@dataclass(frozen=True)
-class Server:
-    base: str
-    log: Path
-    name: str
-
-    def client(self, api_key: str = API_KEY) -> openai.OpenAI:
-        return openai.OpenAI(base_url=f"{self.base}/v1", api_key=api_key, max_retries=0, timeout=120)
-
-    def metrics(self) -> str:
-        return requests.get(f"{self.base}/metrics", timeout=30).text
-
-
-def question(country: str) -> list[dict[str, str]]:
-    return [{"role": "user", "content": f"What is the capital of {country}?"}]
-
-
-def answer(country: str) -> str:
-    return f"The capital of {country} is {CAPITALS[country]}."
-
-
-def champion(model_uri: str, name: str) -> str:
-    version = mlflow.register_model(model_uri, name)
-    MlflowClient().set_registered_model_alias(name, "champion", version.version)
-    return f"models:/{name}@champion"
-
-
-def serve(uri: str, name: str, log: Path, *options: str, **env: str):
-    port = free_port()
-    command = [sys.executable, "-m", "slmflow.serve", "--model-uri", uri, "--port", str(port), *options]
-    return launched_server(command, f"http://127.0.0.1:{port}/ready", log, **env), Server(
-        f"http://127.0.0.1:{port}", log, name
-    )
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +54,7 @@ def onnx_server(logged_models, tmp_path_factory):
         "64",
         "--max-body-bytes",
         str(MAX_BODY_BYTES),
+        api_key=API_KEY,
         SLMFLOW_API_KEY=API_KEY,
     )
     with process:
@@ -95,7 +65,9 @@ def onnx_server(logged_models, tmp_path_factory):
 def transformers_server(logged_models, tmp_path_factory):
     uri = champion(logged_models["transformers-chat"], "openai-tiny-chat-transformers")
     log = tmp_path_factory.mktemp("transformers-server") / "server.log"
-    process, server = serve(uri, "openai-tiny-chat-transformers", log, "--max-queue", "1", "--api-key", API_KEY)
+    process, server = serve(
+        uri, "openai-tiny-chat-transformers", log, "--max-queue", "1", "--api-key", API_KEY, api_key=API_KEY
+    )
     with process:
         yield server
 
@@ -231,13 +203,6 @@ def test_a_body_without_content_type_is_read_as_json(onnx_server):
     assert response.json()["choices"][0]["message"]["content"] == answer("Spain")
 
 
-def metric_value(text: str, name: str, **labels: str) -> float:
-    label_text = ",".join(f'{key}="{value}"' for key, value in labels.items())
-    pattern = rf"^{re.escape(name)}{re.escape('{' + label_text + '}') if labels else ''} (\S+)$"
-    match = re.search(pattern, text, re.MULTILINE)
-    return float(match.group(1)) if match else 0.0
-
-
 def test_32_concurrent_requests_from_4_clients_are_batched_and_all_right(onnx_server):
     before = onnx_server.metrics()
     clients = [onnx_server.client() for _ in range(4)]
@@ -333,3 +298,126 @@ def test_the_server_keeps_its_openapi_contract(case):
         checks=[not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance],
         timeout=120,
     )
+
+
+# Issue 18: hostile clients and batch-mates.
+
+
+def raw_request(server: Server, body: bytes, content_length: int | None = None) -> bytes:
+    length = len(body) if content_length is None else content_length
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {API_KEY}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+def wait_for_count(server: Server, status: int, at_least: float) -> float:
+    """The count of chat responses with this status, once it reaches `at_least` (bounded: 60 s)."""
+    for _ in range(120):
+        count = requests_counted(server, status)
+        if count >= at_least:
+            return count
+        time.sleep(0.5)
+    return count
+
+
+@pytest.mark.parametrize("leaves", ["waiting for its answer", "during its body"])
+def test_a_client_that_leaves_is_a_calm_499(onnx_server, leaves):
+    before, log_before = requests_counted(onnx_server, 499), onnx_server.log.read_text()
+    body = good_body(max_tokens=400, min_tokens=400)
+    with onnx_server.connect() as connection:
+        if leaves == "during its body":
+            connection.sendall(raw_request(onnx_server, body[:20], content_length=len(body)))
+        else:
+            connection.sendall(raw_request(onnx_server, body))
+        time.sleep(0.2)  # the server is reading the body, or waiting for the answer
+    assert wait_for_count(onnx_server, 499, before + 1) == before + 1
+    new_log = onnx_server.log.read_text()[len(log_before) :]
+    assert "Traceback" not in new_log and "ERROR" not in new_log and " 500 " not in new_log
+    assert_still_answers(onnx_server)
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        (b'{"messages": [{"role": "user", "content": "hi"}], "\\ud800x": 1}', "?x"),  # a lone surrogate
+        (b'{"messages": [{"role": "user", "content": "hi"}], "temperature": NaN}', "temperature"),
+        (b'{"messages": [{"role": "user", "content": "hi"}], "top_p": Infinity}', "top_p"),
+    ],
+    ids=["surrogate-name", "nan", "infinity"],
+)
+def test_json_that_is_not_quite_json_is_a_400_naming_the_field(onnx_server, body, param):
+    response = raw_post(onnx_server, body, AUTH | JSON)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == param
+    assert_still_answers(onnx_server)
+
+
+def test_many_empty_messages_are_refused_by_their_count(onnx_server):
+    many = [{"role": "user", "content": ""}] * 2000  # 60 kB: within the body limit
+    response = raw_post(onnx_server, json.dumps({"messages": many}, separators=(",", ":")).encode(), AUTH | JSON)
+    assert response.status_code == 400 and response.json()["error"]["code"] == "too_many_messages"
+    assert_still_answers(onnx_server)
+
+
+def test_a_long_prompt_beside_a_short_one_leaves_the_short_ones_answer_whole(onnx_server):
+    client = onnx_server.client()
+    long = [{"role": "user", "content": "Spain " * 248}]  # about 500 of the context's 512 tokens
+
+    def ask(job: tuple[list[dict[str, str]], int]):
+        messages, max_tokens = job
+        return client.chat.completions.create(model="m", messages=messages, max_tokens=max_tokens, temperature=0)
+
+    for _ in range(3):
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            _, short = pool.map(ask, [(long, 4), (question("Spain"), 32)])
+        assert short.choices[0].message.content == answer("Spain")
+        assert short.choices[0].finish_reason == "stop"
+
+
+# Property: whatever shares its batch, each request gets what it gets alone (greedy, or with its seed).
+
+TINY_VOCABULARY = 448
+chat_jobs = st.fixed_dictionaries(
+    {
+        "country": st.sampled_from(sorted(CAPITALS)),
+        "long": st.booleans(),
+        "stop": st.sampled_from([None, "Madrid", " is", "of"]),
+        "temperature": st.sampled_from([0.0, 0.0, 0.7, 2.0]),
+        "top_k": st.sampled_from([50, TINY_VOCABULARY]),
+        "seed": st.integers(0, 10_000),
+        "max_tokens": st.sampled_from([2, 6, 16, 40]),  # a long prompt leaves room for the first two
+        "stream": st.booleans(),
+    }
+)
+
+
+def ask_job(client: openai.OpenAI, job: dict) -> tuple:
+    """What one request gets: (status, text, finish_reason), streamed or not."""
+    # About 505 of the context's 512 tokens: with 7 tokens left, a batch-mate's answer would be cut short.
+    filler = [{"role": "system", "content": "Spain " * 243}] if job["long"] else []
+    fields = {"temperature": job["temperature"], "max_tokens": job["max_tokens"], "stop": job["stop"]}
+    if job["temperature"] > 0:
+        fields.update(seed=job["seed"], extra_body={"top_k": job["top_k"]})
+    try:
+        if not job["stream"]:
+            reply = client.chat.completions.create(model="m", messages=filler + question(job["country"]), **fields)
+            return 200, reply.choices[0].message.content, reply.choices[0].finish_reason
+        chunks = list(
+            client.chat.completions.create(model="m", messages=filler + question(job["country"]), stream=True, **fields)
+        )
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        return 200, text, [c.choices[0].finish_reason for c in chunks if c.choices][-1]
+    except openai.APIStatusError as error:
+        return error.status_code, error.body.get("param"), None
+
+
+@given(jobs=st.lists(chat_jobs, min_size=2, max_size=6))
+@settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
+def test_concurrent_mixed_requests_get_what_each_gets_alone(onnx_server, jobs):
+    client = onnx_server.client()
+    alone = [ask_job(client, job) for job in jobs]
+    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+        together = list(pool.map(lambda job: ask_job(client, job), jobs))
+    assert together == alone

@@ -1,8 +1,9 @@
 """The onnxruntime-genai generation engine: a step-wise API over which callers batch rows of many requests.
 
-`prepare` checks and tokenizes one request into a `GenerationRow`, `decode` generates one runtime batch
-of rows that share a `batch_key` and yields after every token, `GenerationRow.cancel` stops one row,
-and `completion` gives a finished row's answer. `generate` and `stream` (used by the pyfunc) are built
+`prepare` checks and tokenizes one request into a `GenerationRow`, `fits` says which rows may share a
+runtime batch (one `batch_key`, each row with its whole budget), `decode` generates one such batch and
+yields after every token, `GenerationRow.cancel` stops one row, and `completion` gives a finished
+row's answer. `generate` and `stream` (used by the pyfunc) are built
 on them. The og.Model and og.Tokenizer are shared; every batch gets its own GeneratorParams and Generator.
 """
 
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from slmflow.chat.onnx.prompt import PromptEncoder
-from slmflow.chat.onnx.rows import Completion, GenerationRow, batches, check_total_tokens
+from slmflow.chat.onnx.rows import Completion, GenerationRow, batches, check_total_tokens, fits_together
 from slmflow.chat.request import ChatRequest, quote
 from slmflow.chat.stopping import first_stop
 from slmflow.errors import BadRequestError, DeadlineExceededError
@@ -56,8 +57,9 @@ class OnnxChatEngine:
 
     # The step-wise API
 
-    def prepare(self, request: ChatRequest) -> GenerationRow:
-        """Check one request against the model and tokenize it; raises BadRequestError naming the field."""
+    def prepare(self, request: ChatRequest, limits: RequestLimits | None = None) -> GenerationRow:
+        """Check one request against the model (and `limits`) and tokenize it; raises BadRequestError
+        naming the field. What is too large is refused by counting, before rendering or tokenizing."""
         settings = request.settings
         if settings.temperature > 0 and settings.top_k > self.vocab_size:
             raise BadRequestError(
@@ -71,15 +73,8 @@ class OnnxChatEngine:
             )
         if settings.response_format is not None:
             self._check_response_format(settings.response_format)
+        self._refuse_what_cannot_fit(request)
         field_name = "messages" if request.is_chat else "prompt"
-        characters = request.text_length()
-        if characters > self.context_length * self.prompts.max_token_chars:  # too long for sure: no need to tokenize
-            raise BadRequestError(
-                f"the {field_name} holds {characters} characters, more than the model's context of "
-                f"{self.context_length} tokens can hold",
-                field_name,
-                code="context_length_exceeded",
-            )
         prompt_ids = self.prompts.prompt_ids(request)
         room = self.context_length - len(prompt_ids)
         if room < 1 or (settings.max_tokens_explicit and room < settings.max_tokens):
@@ -94,11 +89,37 @@ class OnnxChatEngine:
             keep = self.context_length - min(settings.max_tokens, self.context_length // 2)
             prompt_ids = prompt_ids[-keep:]
             room = self.context_length - len(prompt_ids)
-        return GenerationRow(
+        row = GenerationRow(
             request=request,
             prompt_ids=prompt_ids,
             max_new_tokens=min(settings.max_tokens, room),
             stream=self.tokenizer.create_stream(),
+        )
+        if limits is not None:
+            check_total_tokens([row], limits)
+        return row
+
+    def _refuse_what_cannot_fit(self, request: ChatRequest) -> None:
+        """Refuse a prompt too long for the context by cheap lower bounds on its tokens: a token holds
+        at most `max_token_chars` characters, and every message renders to at least one token."""
+        field_name = "messages" if request.is_chat else "prompt"
+        characters = request.text_length()
+        messages = len(request.messages or ())
+        if characters <= self.context_length * self.prompts.max_token_chars and messages < self.context_length:
+            return
+        held = f"{messages} messages" if messages >= self.context_length else f"{characters} characters"
+        raise BadRequestError(
+            f"the {field_name} holds {held}, more than the model's context of {self.context_length} tokens can hold",
+            field_name,
+            code="context_length_exceeded",
+        )
+
+    def fits(self, rows: Sequence[GenerationRow]) -> bool:
+        """Whether these rows can share one `decode` call (one batch key, each row's whole budget)."""
+        return (
+            len(rows) <= self.max_batch_size
+            and len({self.batch_key(row) for row in rows}) == 1
+            and fits_together(rows, self.context_length)
         )
 
     def batch_key(self, row: GenerationRow) -> tuple:
@@ -119,6 +140,8 @@ class OnnxChatEngine:
             raise ValueError(f"a batch holds 1 to {self.max_batch_size} rows, got {len(rows)}")
         if len({self.batch_key(row) for row in rows}) != 1:
             raise ValueError("rows of one batch must share a batch key")
+        if not fits_together(rows, self.context_length):
+            raise ValueError("the rows of one batch must fit the context together, each with its whole budget")
         if _past(deadline):
             _finish(rows, "timeout")
         if all(row.done for row in rows):
@@ -137,10 +160,12 @@ class OnnxChatEngine:
         _finish(rows, "length")
 
     def completion(self, row: GenerationRow) -> Completion:
-        text = self.tokenizer.decode(row.tokens) if row.tokens else ""
-        cut = first_stop(text, row.settings.stop)
+        """The answer, from the text the stream decoder built token by token: the plain answer, the
+        stop-string cut and the stream are one decoding (`og.Tokenizer.decode` of the whole list
+        would drop everything after a byte that is not valid UTF-8 on its own)."""
+        cut = first_stop(row.text, row.settings.stop)
         return Completion(
-            text=text if cut is None else text[:cut],
+            text=row.text if cut is None else row.text[:cut],
             finish_reason=row.finish_reason or "length",
             prompt_tokens=len(row.prompt_ids),
             completion_tokens=len(row.tokens),
@@ -150,9 +175,8 @@ class OnnxChatEngine:
         settings = rows[0].settings
         longest = max(len(row.prompt_ids) for row in rows)
         options: dict[str, Any] = {
-            # Rows were checked one by one; a short prompt asking for many tokens beside a long one
-            # is still capped by the context, and then ends with finish_reason "length".
-            "max_length": min(self.context_length, longest + max(row.max_new_tokens for row in rows)),
+            # Within the context: `decode` takes only rows that fit together.
+            "max_length": longest + max(row.max_new_tokens for row in rows),
             "batch_size": len(rows),
         }
         if settings.min_tokens:  # part of the batch key: the same for every row here
@@ -227,7 +251,7 @@ class OnnxChatEngine:
             except BadRequestError as error:
                 raise BadRequestError(f"row {index}: {error.message}", error.param, error.code) from None
         check_total_tokens(rows, limits)
-        for batch in batches(rows, self.batch_key, self.max_batch_size):
+        for batch in batches(rows, self.batch_key, self.max_batch_size, self.context_length):
             for _ in self.decode(batch, deadline):
                 pass
         if any(row.finish_reason == "timeout" for row in rows):

@@ -53,18 +53,37 @@ class GenerationRow:
         return visible_prefix(self.text, self.settings.stop, self.done)
 
 
-def batches(rows: Sequence[GenerationRow], key, size: int) -> Iterator[list[GenerationRow]]:
-    """Rows grouped by batch key (in order of first appearance), each group cut into batches of `size`."""
-    groups: dict[tuple, list[GenerationRow]] = {}
+def fits_together(rows: Sequence[GenerationRow], context_length: int) -> bool:
+    """Whether one runtime batch can give every row its whole budget: the batch's length is its
+    longest prompt plus its largest budget, and that must stay within the context."""
+    longest = max(len(row.prompt_ids) for row in rows)
+    return longest + max(row.max_new_tokens for row in rows) <= context_length
+
+
+def batches(rows: Sequence[GenerationRow], key, size: int, context_length: int) -> Iterator[list[GenerationRow]]:
+    """Rows grouped by batch key (in order of first appearance) into batches of at most `size` rows
+    that fit together, so that no row's budget depends on its batch-mates."""
+    open_batches: dict[tuple, list[list[GenerationRow]]] = {}
     for row in rows:
-        groups.setdefault(key(row), []).append(row)
-    for group in groups.values():
-        for start in range(0, len(group), size):
-            yield group[start : start + size]
+        candidates = open_batches.setdefault(key(row), [])
+        home = next(
+            (b for b in candidates if len(b) < size and fits_together([*b, row], context_length)),
+            None,
+        )
+        if home is None:
+            candidates.append([row])
+        else:
+            home.append(row)
+    for group in open_batches.values():
+        yield from group
 
 
 def check_total_tokens(rows: Sequence[GenerationRow], limits: RequestLimits) -> None:
-    total = sum(len(row.prompt_ids) + row.max_new_tokens for row in rows)
+    refuse_beyond_total_tokens(sum(len(row.prompt_ids) + row.max_new_tokens for row in rows), limits)
+
+
+def refuse_beyond_total_tokens(total: int, limits: RequestLimits) -> None:
+    """`total` is what a request may take: its rows' prompt tokens plus their budgets."""
     if total > limits.max_total_tokens:
         raise BadRequestError(
             f"the request asks for {total} tokens in all (rows x (prompt + max_tokens)), more than the limit "

@@ -335,3 +335,14 @@ def test_the_server_refuses_response_format_unless_the_model_has_constrained_dec
     with pytest.raises(BadRequestError) as raised:
         parse_chat_completion({**body, "response_format": {"type": "json"}}, structured_outputs=True)
     assert raised.value.param == "response_format"
+
+
+def test_the_message_count_is_bounded_before_any_message_is_read():
+    many = [{"role": "user", "content": ""}] * 5 + [{"role": "pirate"}]  # the bad one is never reached
+    for parse in (
+        lambda: parse_chat_completion({"messages": many}, DEFAULTS, RequestLimits(max_messages=4)),
+        lambda: parse_requests({"messages": many}, None, DEFAULTS, RequestLimits(max_messages=4)),
+    ):
+        with pytest.raises(BadRequestError) as refused:
+            parse()
+        assert (refused.value.param, refused.value.code) == ("messages", "too_many_messages")

@@ -44,8 +44,9 @@ def test_onnx_model_is_logged_from_code_with_pins_signature_and_example(logged_m
     assert {"choices", "usage", "object"} <= outputs  # the version page shows the chat.completion shape
     assert (folder / "requirements.txt").read_text().split() == pinned_requirements(*ONNX_REQUIREMENTS)
     assert (folder / "serving_input_example.json").exists()
-    assert pyfunc["config"]["max_new_tokens"] == 24 and pyfunc["config"]["intra_op_num_threads"] == 2
-    assert pyfunc["config"]["limits"]["max_rows"] == 64
+    policy = pyfunc["config"]["serving_policy"]  # one typed policy: defaults and limits
+    assert policy["defaults"]["max_tokens"] == 24 and pyfunc["config"]["intra_op_num_threads"] == 2
+    assert policy["limits"]["max_rows"] == 64
 
 
 def test_transformers_model_is_an_llm_chat_pipeline_without_torchvision(logged_models):

@@ -12,8 +12,8 @@ import threading
 import pytest
 
 from slmflow.chat.request import ChatRequest
-from slmflow.errors import BadRequestError
-from slmflow.policy import SamplingSettings
+from slmflow.errors import BadRequestError, DeadlineExceededError
+from slmflow.policy import RequestLimits, SamplingSettings
 from slmflow.serving.batcher import (
     Accepted,
     Batcher,
@@ -236,3 +236,84 @@ def test_a_bad_request_fails_alone_and_the_next_one_is_answered(onnx_engine):
     assert isinstance(bad[-1], Failed) and isinstance(bad[-1].error, BadRequestError)
     assert bad[-1].error.param == "max_tokens"
     assert good[-1].completion.text == "The capital of Peru is Lima."
+
+
+# Issue 18
+
+
+def test_a_rows_budget_does_not_depend_on_what_arrives_with_it(onnx_engine):
+    long = ChatRequest(
+        messages=({"role": "user", "content": "Spain " * 248},),  # about 500 of the context's 512 tokens
+        settings=SamplingSettings(max_tokens=4),
+    )
+
+    async def scenario():
+        batcher = Batcher(onnx_engine, max_batch_size=8, max_queue=8)
+        try:
+            tickets = submit_together(batcher, [long, chat("Spain")], [False, True])
+            return await asyncio.gather(*(collect(ticket) for ticket in tickets))
+        finally:
+            batcher.close()
+
+    _, short = asyncio.run(scenario())
+    completion = short[-1].completion
+    assert (completion.text, completion.finish_reason) == ("The capital of Spain is Madrid.", "stop")
+    assert "".join(event.text for event in short if isinstance(event, Delta)) == completion.text
+
+
+def test_a_stream_cancelled_while_queued_is_counted(onnx_engine):
+    engine = GatedEngine(onnx_engine, pause_after=1)
+    cancelled: list[bool] = []
+
+    async def scenario():
+        batcher = Batcher(engine, max_batch_size=1, max_queue=8, on_cancel=lambda: cancelled.append(True))
+        try:
+            first = batcher.submit(chat("Spain"), stream=False)
+            await wait_for(engine.paused)
+            queued = batcher.submit(chat("Peru"), stream=True)
+            queued.cancel()  # its client left while the engine is busy with the first
+            engine.pause_after = None
+            engine.release()
+            await collect(first)
+            return queued
+        finally:
+            engine.release()
+            batcher.close()
+
+    queued = asyncio.run(scenario())
+    assert cancelled == [True] and queued.done
+    assert not any(isinstance(event, Finished) for event in _drain(queued))
+
+
+def test_a_request_past_the_models_deadline_fails_queued_or_generating(onnx_engine):
+    engine = GatedEngine(onnx_engine, pause_after=1)
+    deadline = RequestLimits(timeout_seconds=0.2)
+
+    async def scenario():
+        batcher = Batcher(engine, max_batch_size=1, max_queue=8, limits=deadline)
+        try:
+            generating = batcher.submit(chat("Spain"), stream=False)
+            await wait_for(engine.paused)
+            queued = batcher.submit(chat("Peru"), stream=False)
+            await asyncio.sleep(0.3)  # both pass the deadline while the engine is held
+            engine.pause_after = None
+            engine.release()
+            return await collect(generating), await collect(queued)
+        finally:
+            engine.release()
+            batcher.close()
+
+    for events in asyncio.run(scenario()):
+        assert isinstance(events[-1], Failed) and isinstance(events[-1].error, DeadlineExceededError)
+
+
+def test_the_models_total_token_limit_is_applied_to_each_request(onnx_engine):
+    async def scenario():
+        batcher = Batcher(onnx_engine, max_batch_size=8, max_queue=8, limits=RequestLimits(max_total_tokens=30))
+        try:
+            return await collect(batcher.submit(chat("Spain", max_tokens=32), stream=False))
+        finally:
+            batcher.close()
+
+    failed = asyncio.run(scenario())[-1]
+    assert isinstance(failed, Failed) and failed.error.code == "request_too_large"

@@ -7,7 +7,7 @@ from mlflow.exceptions import MlflowException
 from slmflow.chat.onnx.engine import OnnxChatEngine
 from slmflow.chat.request import ChatRequest
 from slmflow.errors import BadRequestError, DeadlineExceededError
-from slmflow.policy import RequestLimits, SamplingSettings
+from slmflow.policy import RequestLimits, SamplingSettings, ServingPolicy
 
 QUESTIONS = {
     "Spain": "Madrid",
@@ -194,7 +194,7 @@ def test_predict_stream_is_lazy():
 
     model = OnnxChatModel()
     model.engine, model.model_name = StepEngine(), "onnx-chat"
-    model.defaults, model.limits = SamplingSettings(max_tokens=2), RequestLimits()
+    model.policy = ServingPolicy(defaults=SamplingSettings(max_tokens=2))
     chunks = model.predict_stream(None, {"messages": [user("hi")]})
     assert next(chunks)["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     assert next(chunks)["choices"][0]["delta"] == {"content": "The"}
@@ -331,7 +331,9 @@ def test_a_request_past_its_deadline_stops_and_frees_the_model(onnx_engine):
 
 
 def test_the_pyfunc_answers_a_request_past_its_deadline_with_deadline_exceeded(onnx_pyfunc, monkeypatch):
-    monkeypatch.setattr(onnx_pyfunc.unwrap_python_model(), "limits", RequestLimits(timeout_seconds=1e-6))
+    monkeypatch.setattr(
+        onnx_pyfunc.unwrap_python_model(), "policy", ServingPolicy(limits=RequestLimits(timeout_seconds=1e-6))
+    )
     with pytest.raises(MlflowException, match="deadline") as raised:
         onnx_pyfunc.predict({"messages": [user("hi")], "max_tokens": 400, "min_tokens": 400})
     assert raised.value.error_code == "DEADLINE_EXCEEDED" and raised.value.get_http_status_code() == 504
@@ -390,3 +392,42 @@ def test_a_refusal_keeps_its_message_when_mlflow_prepends_the_input():
     raised.value.message = f"Failed to predict data '{'x' * 10**6}'. Error: {raised.value.message}"
     assert raised.value.message == "row 0: 'top_p' must be a number"
     assert '"param": "top_p"' in raised.value.serialize_as_json()
+
+
+# Issue 18: a row's answer never depends on its batch-mates or on how it is read.
+
+LONG_PROMPT_WORDS = 248  # about 500 tokens: 512 - 500 leaves too little room for a 32-token budget beside it
+
+
+def test_a_rows_budget_does_not_depend_on_its_batch_mates(onnx_engine):
+    long = ChatRequest(settings=SamplingSettings(max_tokens=4), messages=(user("Spain " * LONG_PROMPT_WORDS),))
+    short = chat("Spain", max_tokens=32)
+    together = onnx_engine.generate([long, short])
+    alone = onnx_engine.generate([short])[0]
+    assert (together[1].text, together[1].finish_reason) == ("The capital of Spain is Madrid.", "stop")
+    assert together[1] == alone and together[0].completion_tokens == 4
+
+
+def test_plain_stop_cut_and_streamed_answers_are_one_decoding(onnx_engine):
+    """At temperature 2 over the whole vocabulary, answers hold bytes that are not UTF-8 on their own."""
+    hot = {"temperature": 2.0, "top_k": onnx_engine.vocab_size, "top_p": 1.0, "max_tokens": 24}
+    for seed in range(6):
+        request = chat("Spain", seed=seed, **hot)
+        plain = onnx_engine.generate([request])[0].text
+        streamed = "".join(piece for piece, final in onnx_engine.stream(request) if final is None)
+        assert plain == streamed, seed
+        stop = streamed[4:6]
+        if len(stop) == 2:
+            cut = onnx_engine.generate([chat("Spain", seed=seed, stop=(stop,), **hot)])[0].text
+            assert cut == streamed[: streamed.index(stop)], seed
+
+
+def test_many_messages_are_refused_by_their_count_before_rendering(onnx_engine, monkeypatch):
+    def render(messages):
+        raise AssertionError("rendered")
+
+    monkeypatch.setattr(onnx_engine.prompts, "render", render)
+    many = ChatRequest(settings=SamplingSettings(max_tokens=4), messages=(user(""),) * onnx_engine.context_length)
+    with pytest.raises(BadRequestError) as refused:
+        onnx_engine.prepare(many)
+    assert refused.value.param == "messages" and refused.value.code == "context_length_exceeded"
