@@ -18,7 +18,7 @@ Records per scheduler: time to first token (arrival to first token, p50 and p95)
 tokens/s (all tokens over first arrival to last finish); and the idle server's time to first token.
 No server: the engine directly, one thread, as the server's generation thread drives it.
 
-    python -m benchmarks.admission --onnx-dir PATH [--clients 16] [--gap 0.25] [--tokens 64]
+    python -m benchmarks.admission --onnx-dir PATH [--clients 16] [--gap 0.25] [--tokens 64] [--report NAME]
 """
 
 from __future__ import annotations
@@ -101,38 +101,13 @@ def run(engine, pending: list, gap: float, max_groups: int) -> dict[str, float]:
     }
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--onnx-dir", type=Path, required=True)
-    parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--gap", type=float, default=0.25, help="seconds between two arrivals")
-    parser.add_argument("--tokens", type=int, default=64, help="tokens each request generates")
-    parser.add_argument("--groups", type=int, nargs="+", default=[1, 2, 4, 16], help="K values to compare")
-    parser.add_argument("--label", default="loaded machine (2 cores shared with other jobs)")
-    args = parser.parse_args(argv)
-    from slmflow.chat.onnx.engine import OnnxChatEngine
-
-    engine = OnnxChatEngine(args.onnx_dir)
-    idle = [run(engine, requests(1, args.tokens), 0.0, 1)["ttft_p50_s"] for _ in range(3)]
-    schedulers = {
-        ("static" if k == 1 else f"groups-{k}"): run(engine, requests(args.clients, args.tokens), args.gap, k)
-        for k in args.groups
-    }
-    idle_ttft = statistics.median(idle)
+def table(result: dict) -> str:
+    idle_ttft, schedulers = result["idle_ttft_s"], result["schedulers"]
     static_rate = schedulers.get("static", {}).get("tokens_per_s")
-    result = {
-        "model": args.onnx_dir.name,
-        "label": args.label,
-        "host_cpus": os.cpu_count(),
-        "clients": args.clients,
-        "gap_s": args.gap,
-        "tokens": args.tokens,
-        "idle_ttft_s": round(idle_ttft, 3),
-        "schedulers": schedulers,
-    }
     lines = [
-        f"Admission between decode steps, {args.onnx_dir.name}, {args.label}: {args.clients} requests arriving "
-        f"every {args.gap} s, {args.tokens} tokens each; idle time to first token {idle_ttft:.3f} s.",
+        f"Admission between decode steps, {result['model']}, {result['label']}: {result['clients']} requests "
+        f"arriving every {result['gap_s']} s, {result['tokens']} tokens each; idle time to first token "
+        f"{idle_ttft:.3f} s.",
         "",
         "| scheduler | TTFT p50 (s) | TTFT p95 (s) | p95 / idle | tokens/s | vs static | generators |",
         "|---|---|---|---|---|---|---|",
@@ -143,7 +118,38 @@ def main(argv: list[str] | None = None) -> None:
             f"| {name} | {r['ttft_p50_s']} | {r['ttft_p95_s']} | {r['ttft_p95_s'] / idle_ttft:.1f}x | "
             f"{r['tokens_per_s']} | {ratio} | {r['groups']} |"
         )
-    write_report("admission", result, "\n".join(lines))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--onnx-dir", type=Path, required=True)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--gap", type=float, default=0.25, help="seconds between two arrivals")
+    parser.add_argument("--tokens", type=int, default=64, help="tokens each request generates")
+    parser.add_argument("--groups", type=int, nargs="+", default=[1, 2, 4, 16], help="K values to compare")
+    parser.add_argument("--label", default="loaded machine (2 cores shared with other jobs)")
+    parser.add_argument("--report", default="admission", help="the results file and README table to write")
+    args = parser.parse_args(argv)
+    from slmflow.chat.onnx.engine import OnnxChatEngine
+
+    engine = OnnxChatEngine(args.onnx_dir)
+    idle = [run(engine, requests(1, args.tokens), 0.0, 1)["ttft_p50_s"] for _ in range(3)]
+    schedulers = {
+        ("static" if k == 1 else f"groups-{k}"): run(engine, requests(args.clients, args.tokens), args.gap, k)
+        for k in args.groups
+    }
+    result = {
+        "model": args.onnx_dir.name,
+        "label": args.label,
+        "host_cpus": os.cpu_count(),
+        "clients": args.clients,
+        "gap_s": args.gap,
+        "tokens": args.tokens,
+        "idle_ttft_s": round(statistics.median(idle), 3),
+        "schedulers": schedulers,
+    }
+    write_report(args.report, result, table(result))
 
 
 if __name__ == "__main__":
