@@ -121,7 +121,7 @@ class SamplingSettings(Strict):
     max_tokens_explicit: bool = Field(False, description="the request asked for max_tokens itself")
 
     @model_validator(mode="after")
-    def _min_tokens_within_max_tokens(self) -> SamplingSettings:
+    def _min_tokens_can_be_honoured(self) -> SamplingSettings:
         if self.min_tokens > self.max_tokens:
             raise ValueError(f"min_tokens ({self.min_tokens}) must not exceed max_tokens ({self.max_tokens})")
         if self.min_tokens and self.response_format is not None:
