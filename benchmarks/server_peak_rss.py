@@ -35,7 +35,9 @@ def log_model(onnx_dir: Path, store: Path) -> str:
     from slmflow.flavors.onnx_chat import log_onnx_chat_model
 
     mlflow.set_tracking_uri(f"sqlite:///{store / 'mlflow.db'}")
-    with mlflow.start_run():
+    # Artifacts in the throw-away folder too (a new store's default is ./mlruns in the working directory).
+    experiment = mlflow.create_experiment("server-peak-rss", artifact_location=(store / "artifacts").as_uri())
+    with mlflow.start_run(experiment_id=experiment):
         return log_onnx_chat_model(onnx_dir, GenerationConfig(), RuntimeConfig())
 
 
