@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from slmflow import tags
 from slmflow.chat.request import ChatCompletionRequest, parse_chat_completion
 from slmflow.chat.response import chat_completion
 from slmflow.errors import BadRequestError
@@ -204,7 +205,9 @@ async def _parse(body: Any, served: ServedModel) -> ChatCompletionRequest:
     messages costs time to check)."""
     policy = served.policy
     try:
-        return await asyncio.to_thread(parse_chat_completion, body, policy.defaults, policy.limits)
+        # Constrained decoding is the ONNX engine's: a transformers-chat model refuses response_format.
+        structured = served.flavor == tags.ONNX_MODEL_NAME
+        return await asyncio.to_thread(parse_chat_completion, body, policy.defaults, policy.limits, structured)
     except BadRequestError as error:
         raise api_error(error) from None
 

@@ -62,6 +62,9 @@ class ChatCompletionBody(_Body):
     seed: Seed | None = None
     min_tokens: MinTokens | None = None
     stop: str | list[str] | None = Field(None, max_length=MAX_STOP_STRINGS)
+    response_format: dict[str, Any] | None = Field(
+        None, description='{"type": "text"}, {"type": "json_object"} or {"type": "json_schema", "json_schema": {...}}'
+    )
     # Accepted and ignored, or accepted with OpenAI's default value only.
     user: str | None = None
     n: Literal[1] | None = None

@@ -421,3 +421,53 @@ def test_concurrent_mixed_requests_get_what_each_gets_alone(onnx_server, jobs):
     with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
         together = list(pool.map(lambda job: ask_job(client, job), jobs))
     assert together == alone
+
+
+CITY_SCHEMA = {
+    "type": "json_schema",
+    "json_schema": {
+        "name": "city",
+        "schema": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 20}},
+            "required": ["city"],
+            "additionalProperties": False,
+        },
+    },
+}
+
+
+def test_a_json_schema_answer_parses_and_validates_plain_and_streamed(onnx_server):
+    import jsonschema
+
+    client = onnx_server.client()
+    schema = CITY_SCHEMA["json_schema"]["schema"]
+    plain = client.chat.completions.create(
+        model=onnx_server.name, messages=question("Spain"), temperature=0, response_format=CITY_SCHEMA
+    )
+    jsonschema.validate(json.loads(plain.choices[0].message.content), schema)
+    stream = client.chat.completions.create(
+        model=onnx_server.name, messages=question("Spain"), temperature=0, response_format=CITY_SCHEMA, stream=True
+    )
+    streamed = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert streamed == plain.choices[0].message.content
+    free = client.chat.completions.create(model=onnx_server.name, messages=question("Spain"), temperature=0)
+    assert free.choices[0].message.content == answer("Spain")  # an unconstrained request is unchanged
+
+
+def test_a_schema_the_runtime_cannot_compile_or_a_transformers_model_is_a_400_naming_response_format(
+    onnx_server, transformers_server
+):
+    broken = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense"}}}
+    bad_shape = {"type": "json_schema"}  # no json_schema object
+    for response_format in (broken, bad_shape):
+        with pytest.raises(openai.BadRequestError) as refused:
+            onnx_server.client().chat.completions.create(
+                model=onnx_server.name, messages=question("Spain"), response_format=response_format
+            )
+        assert refused.value.body["param"] == "response_format"
+    with pytest.raises(openai.BadRequestError) as refused:
+        transformers_server.client().chat.completions.create(
+            model="m", messages=question("Spain"), response_format=CITY_SCHEMA
+        )
+    assert refused.value.body["param"] == "response_format"
