@@ -21,6 +21,7 @@ import mlflow
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import BAD_REQUEST, DEADLINE_EXCEEDED, INVALID_PARAMETER_VALUE, ErrorCode
+from mlflow.pyfunc import PythonModel
 
 WRAPPED_ARTIFACT = "chat_model"
 REQUEST_COLUMN = "request"  # one JSON object per row
@@ -98,7 +99,7 @@ def _usage(usage: Mapping[str, int] | None) -> dict[str, int | None]:
     return {name: usage.get(name) for name in ("prompt_tokens", "completion_tokens", "total_tokens")}
 
 
-class RowResultsModel(mlflow.pyfunc.PythonModel):
+class RowResultsModel(PythonModel):
     """Loads the wrapped chat model (Spark loads this once per Python worker) and scores batches.
 
     `model_config["params"]` are the job's generation defaults, passed to the chat model as its

@@ -10,9 +10,9 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import DEADLINE_EXCEEDED, INTERNAL_ERROR, INVALID_PARAMETER_VALUE
+from mlflow.pyfunc import PythonModel
 
 from slmflow import tags
 from slmflow.chat.onnx.engine import OnnxChatEngine
@@ -26,7 +26,7 @@ ONNX_ARTIFACT = "onnx_model"
 _logger = logging.getLogger(__name__)
 
 
-class OnnxChatModel(mlflow.pyfunc.PythonModel):
+class OnnxChatModel(PythonModel):
     """Pyfunc chat model over an ONNX GenAI folder logged as the `onnx_model` artifact.
 
     `predict` returns one answer per row, always a list (as the transformers chat flavor does):

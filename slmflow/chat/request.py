@@ -59,6 +59,13 @@ class ChatRequest(Strict):
     def is_chat(self) -> bool:
         return self.messages is not None
 
+    @property
+    def chat_messages(self) -> tuple[dict[str, str], ...]:
+        """The messages of a chat row; a prompt row has none, and asking for them is a bug."""
+        if self.messages is None:
+            raise TypeError("a prompt row has no chat messages")
+        return self.messages
+
     def text_length(self) -> int:
         """Characters of user text: a cheap lower bound on the prompt's size, known before tokenizing."""
         if self.messages is None:

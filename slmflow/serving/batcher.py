@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from slmflow.errors import DeadlineExceededError
 from slmflow.policy import RequestLimits, SamplingSettings
@@ -37,20 +37,23 @@ class Row(Protocol):
     def cancel(self) -> None: ...
 
 
-class Engine(Protocol):
-    """What the batcher needs from a model: the step-wise API of `OnnxChatEngine`."""
+RowT = TypeVar("RowT", bound=Row)
+
+
+class Engine(Protocol[RowT]):
+    """What the batcher needs from a model: the step-wise API of `OnnxChatEngine`, over its own rows."""
 
     max_batch_size: int
 
-    def prepare(self, request: Any, limits: RequestLimits) -> Row: ...
+    def prepare(self, request: Any, limits: RequestLimits) -> RowT: ...
 
-    def batch_key(self, row: Row) -> Hashable: ...
+    def batch_key(self, row: RowT) -> Hashable: ...
 
-    def fits(self, rows: list[Row]) -> bool: ...
+    def fits(self, rows: list[RowT]) -> bool: ...
 
-    def decode(self, rows: list[Row]) -> Iterator[None]: ...
+    def decode(self, rows: list[RowT]) -> Iterator[None]: ...
 
-    def completion(self, row: Row) -> Any: ...
+    def completion(self, row: RowT) -> Any: ...
 
 
 class QueueFullError(Exception):
@@ -100,6 +103,13 @@ class Ticket:
     done: bool = False
     emitted: int = 0
 
+    @property
+    def prepared(self) -> Row:
+        """The row of a ticket that may be batched: only tickets whose request was prepared are."""
+        if self.row is None:
+            raise RuntimeError("a ticket is batched only once its row is prepared")
+        return self.row
+
     def cancel(self) -> None:
         """The client went away: stop generating for it (read by the generation thread)."""
         self.cancelled = True
@@ -119,7 +129,7 @@ class Batcher:
 
     def __init__(
         self,
-        engine: Engine,
+        engine: Engine[Any],
         max_batch_size: int,
         max_queue: int,
         limits: RequestLimits | None = None,
@@ -225,12 +235,12 @@ class Batcher:
             ready = [ticket for ticket in self._waiting if ticket.row is not None]
             if not ready:
                 return []
-            key = self._batch_key(ready[0].row)
+            key = self._batch_key(ready[0].prepared)
             batch = [ready[0]]
             for ticket in ready[1:]:
                 if len(batch) == self.max_batch_size:
                     break
-                if self._batch_key(ticket.row) == key and self.engine.fits([t.row for t in (*batch, ticket)]):
+                if self._batch_key(ticket.prepared) == key and self.engine.fits([t.prepared for t in (*batch, ticket)]):
                     batch.append(ticket)
             for ticket in batch:
                 self._waiting.remove(ticket)
@@ -269,7 +279,7 @@ class Batcher:
     def _generate(self, batch: list[Ticket]) -> None:
         self._on_batch(len(batch))
         try:
-            for _ in self.engine.decode([ticket.row for ticket in batch]):
+            for _ in self.engine.decode([ticket.prepared for ticket in batch]):
                 self._progress(batch)
                 self._admit()
             self._progress(batch)
@@ -285,7 +295,7 @@ class Batcher:
         for ticket in batch:
             if ticket.done:
                 continue
-            row = ticket.row
+            row = ticket.prepared
             if ticket.cancelled:
                 row.cancel()
                 ticket.done = True

@@ -29,7 +29,7 @@ from slmflow.serving.batcher import Engine
 class ServedModel:
     name: str
     flavor: str
-    engine: Engine
+    engine: Engine[Any]
     policy: ServingPolicy
     context_length: int
     streams_tokens: bool
@@ -49,14 +49,16 @@ def load_served_model(model_uri: str) -> ServedModel:
     """Load the model once, from any MLflow model URI, and pick its engine by flavor. The serving
     policy is the one the logged model carries (`slmflow.policy.ServingPolicy`)."""
     pyfunc = mlflow.pyfunc.load_model(model_uri)
+    engine: Engine[Any]
     if "transformers" in pyfunc.metadata.flavors:
         policy = ServingPolicy.from_mapping(pyfunc.metadata.metadata)
         flavor, engine = tags.TRANSFORMERS_MODEL_NAME, PredictEngine(pyfunc)
     else:
         python_model = pyfunc.unwrap_python_model()
-        flavor, engine = tags.ONNX_MODEL_NAME, getattr(python_model, "engine", None)
-        if not isinstance(engine, OnnxChatEngine):
+        onnx_engine = getattr(python_model, "engine", None)
+        if not isinstance(onnx_engine, OnnxChatEngine):
             raise ValueError(f"{model_uri} is neither an onnx-chat nor a transformers-chat model")
+        flavor, engine = tags.ONNX_MODEL_NAME, onnx_engine
         policy = python_model.policy
     return ServedModel(
         name=served_name(model_uri, flavor),
@@ -105,7 +107,7 @@ class PredictEngine:
     def prepare(self, request: ChatRequest, limits: RequestLimits | None = None) -> PredictRow:
         if not request.is_chat:
             raise BadRequestError("the transformers-chat model takes chat 'messages' only", "messages")
-        prompt_ids = self.tokenizer.apply_chat_template(list(request.messages), add_generation_prompt=True)
+        prompt_ids = self.tokenizer.apply_chat_template(list(request.chat_messages), add_generation_prompt=True)
         if hasattr(prompt_ids, "keys"):  # transformers 5 returns a BatchEncoding
             prompt_ids = prompt_ids["input_ids"]
         prompt_tokens = len(prompt_ids)
@@ -138,7 +140,10 @@ class PredictEngine:
     def _answer(self, row: PredictRow) -> None:
         settings = row.settings
         room = self.context_length - row.prompt_tokens
-        body: dict[str, Any] = {"messages": list(row.request.messages), "max_tokens": min(settings.max_tokens, room)}
+        body: dict[str, Any] = {
+            "messages": list(row.request.chat_messages),
+            "max_tokens": min(settings.max_tokens, room),
+        }
         if settings.temperature > 0:
             body.update(do_sample=True, temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k)
         else:
@@ -162,7 +167,7 @@ class PredictEngine:
     def completion(self, row: PredictRow) -> Completion:
         return Completion(
             text=row.text,
-            finish_reason=row.finish_reason,
+            finish_reason=row.finish_reason or "length",
             prompt_tokens=row.prompt_tokens,
             completion_tokens=row.completion_tokens,
         )

@@ -144,7 +144,7 @@ async def stream_events(ticket: Ticket, model: str, include_usage: bool, metrics
             if isinstance(event, Finished):
                 completion = event.completion
                 record(metrics, ticket, completion)
-                yield chunk(ChunkDelta(), completion.finish_reason)  # type: ignore[arg-type]
+                yield chunk(ChunkDelta(), completion.finish_reason)
                 if include_usage:
                     yield chunk(None, usage=Usage.of(completion.prompt_tokens, completion.completion_tokens))
             elif isinstance(event, Failed):

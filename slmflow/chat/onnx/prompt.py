@@ -40,14 +40,15 @@ class PromptEncoder:
     def prompt_ids(self, request: ChatRequest) -> list[int]:
         """The prompt's token ids. Message content is plain text: special-token text typed in it
         (e.g. `<|end|>`) is encoded as ordinary characters, so no one can forge a turn."""
-        if not request.is_chat:
-            return self.encode(request.prompt)  # an already formatted prompt: its tags are meant
+        if request.messages is None:
+            return self.encode(request.prompt or "")  # an already formatted prompt: its tags are meant
+        messages = request.messages
         pattern = self._special_pattern
-        if pattern is None or not any(pattern.search(m["content"]) for m in request.messages):
-            return self.encode(self.render(request.messages))
+        if pattern is None or not any(pattern.search(m["content"]) for m in messages):
+            return self.encode(self.render(messages))
         ids: list[int] = []
         pending = ""
-        for text, is_content in self._template_pieces(request.messages):
+        for text, is_content in self._template_pieces(messages):
             if not is_content:
                 pending += text
                 continue
