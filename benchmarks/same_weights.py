@@ -153,7 +153,7 @@ def decode_rate(run: dict, rows: int) -> float:
 
 
 def _in_speed(variant: Variant, workload: dict, threads: int, new_tokens: int, repeats: int) -> dict:
-    """One variant's speed: medians over `repeats`, after one warm-up of each workload."""
+    """One variant's speed: medians over `repeats`, after a warm-up."""
     from slmflow.evaluation.runner import peak_rss_mb
 
     short, long, rows = workload["short"], workload["long"], len(workload["short"])
@@ -166,8 +166,8 @@ def _in_speed(variant: Variant, workload: dict, threads: int, new_tokens: int, r
         "prefill": lambda: runner.generate([long], 1),
     }
     samples: dict[str, list[dict]] = {key: [] for key in runs}
-    for run in runs.values():
-        run()
+    runner.generate(short, 4)  # warm-up: every shape's first call pays for allocation
+    runner.generate([long], 1)
     for _ in range(repeats):
         for key, run in runs.items():
             samples[key].append(run())
@@ -265,7 +265,11 @@ def table(result: dict) -> str:
             f"{low:.0%}-{high:.0%}) | {'yes' if agree else 'no'} |"
         )
     loads = [f"{r['load_before'][0]:.1f}-{r['load_after'][0]:.1f}" for r in result["rounds"]]
-    lines += ["", f"Load average (1 min) over each run: {', '.join(loads)}; {result['threads']} threads."]
+    lines += [
+        "",
+        f"{result['label']}: load average (1 min) at the start-end of each run: {', '.join(loads)}; "
+        f"{result['threads']} threads; llama.cpp's OpenMP wait policy: {result['omp_wait_policy']}.",
+    ]
     return "\n".join(lines)
 
 
@@ -324,6 +328,7 @@ def main(argv: list[str] | None = None) -> None:
     result = {
         "label": args.label,
         "threads": args.threads,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default (spinning)"),
         "questions": len(questions),
         "shape": {"rows": args.rows, "short": args.short_tokens, "long": args.long_tokens, "new": args.new_tokens},
         "variants": {
