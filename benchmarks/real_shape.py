@@ -134,27 +134,15 @@ def prompt_text(tokenizer, messages: list[dict[str, str]]) -> str:
 # llama.cpp through llama-cpp-python.
 
 
-def load_llama(gguf: Path, threads: int, context: int):
-    from llama_cpp import Llama
-
-    return Llama(
-        model_path=str(gguf), n_ctx=context, n_batch=512, n_threads=threads, n_threads_batch=threads, verbose=False
-    )
+def load_llama(gguf: Path, threads: int, context: int) -> llamacpp.LlamaRunner:
+    """llama.cpp over its C API, weight repacking off (its AMX kernels die with an illegal instruction on
+    this machine's virtual CPU, through llama-cpp-python's `Llama` too)."""
+    return llamacpp.LlamaRunner(gguf, threads, context, extra_buffers=False)
 
 
-def llama_generate(llm, tokens: list[int], new_tokens: int) -> dict[str, float]:
-    """Greedy, exactly new_tokens tokens (EOS does not stop `generate`), no reuse of a cached prefix."""
-    llm.reset()
-    started = time.perf_counter()
-    first = None
-    generated = 0
-    for _ in llm.generate(tokens, temp=0.0, repeat_penalty=1.0, reset=False):
-        generated += 1
-        if first is None:
-            first = time.perf_counter() - started
-        if generated == new_tokens:
-            break
-    return {"seconds": time.perf_counter() - started, "tokens": generated, "ttft": first}
+def llama_generate(llm: llamacpp.LlamaRunner, tokens: list[int], new_tokens: int) -> dict[str, float]:
+    """Greedy, exactly new_tokens tokens, from an empty cache."""
+    return llm.generate([tokens], new_tokens)
 
 
 def pyfunc_stream(pyfunc, messages: list[dict[str, str]], new_tokens: int) -> dict[str, float]:
@@ -269,7 +257,9 @@ def measure_layers(layers: int, args: argparse.Namespace, cache: Path, store: Pa
         found: dict[str, list] = {}
         interleave(runs, args.ttft_repeats, found)
         ttft[str(length)] = found
-    del llamas, decode_runs, runs  # free llama.cpp's memory before the sweep
+    for llm in llamas.values():  # free llama.cpp's memory before the sweep
+        llm.close()
+    del llamas, decode_runs, runs
 
     sweep = measure_sweep(onnx_dirs, tokenizer, short_text, long[512], args) if args.sweep else None
     pyfunc_cold = run_in_fresh_process(_pyfunc_cold, model_uri, long[512], new_tokens)
