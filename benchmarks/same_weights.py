@@ -123,10 +123,12 @@ class OnnxRunner:
         del self.engine
 
 
-def open_runner(variant: Variant, threads: int, context: int, rows: int):
+def open_runner(variant: Variant, threads: int, context: int, rows: int, repack: bool):
+    """`repack`: llama.cpp's weight repacking (CPU_REPACK, AMX); its AMX kernels die with an illegal
+    instruction on this machine's virtual CPU, so it is off unless asked for."""
     if variant.engine == "onnx":
         return OnnxRunner(variant.path, threads)
-    return llamacpp.LlamaRunner(variant.path, threads, context, rows, extra_buffers=False)
+    return llamacpp.LlamaRunner(variant.path, threads, context, rows, extra_buffers=repack)
 
 
 def _in_workload(model_dir: Path, short_tokens: int, long_tokens: int, rows: int, questions: list[str]) -> dict:
@@ -152,13 +154,13 @@ def decode_rate(run: dict, rows: int) -> float:
     return (run["tokens"] - rows) / (run["seconds"] - run["ttft"])
 
 
-def _in_speed(variant: Variant, workload: dict, threads: int, new_tokens: int, repeats: int) -> dict:
+def _in_speed(variant: Variant, workload: dict, threads: int, new_tokens: int, repeats: int, repack: bool) -> dict:
     """One variant's speed: medians over `repeats`, after a warm-up."""
     from slmflow.evaluation.runner import peak_rss_mb
 
     short, long, rows = workload["short"], workload["long"], len(workload["short"])
     started = time.perf_counter()
-    runner = open_runner(variant, threads, len(long) + new_tokens + 8, rows)
+    runner = open_runner(variant, threads, len(long) + new_tokens + 8, rows, repack)
     loaded = time.perf_counter() - started
     runs = {
         "one": lambda: runner.generate(short[:1], new_tokens),
@@ -183,10 +185,10 @@ def _in_speed(variant: Variant, workload: dict, threads: int, new_tokens: int, r
     }
 
 
-def _in_answers(variant: Variant, workload: dict, threads: int, max_tokens: int) -> list[list[int]]:
+def _in_answers(variant: Variant, workload: dict, threads: int, max_tokens: int, repack: bool) -> list[list[int]]:
     """Greedy answers (token ids) to every question, one question at a time, ending at EOS."""
     prompts = workload["questions"]
-    runner = open_runner(variant, threads, max(map(len, prompts)) + max_tokens + 8, 1)
+    runner = open_runner(variant, threads, max(map(len, prompts)) + max_tokens + 8, 1, repack)
     stop = frozenset(workload["eos"])
     answers = [runner.generate([ids], max_tokens, stop)["ids"][0] for ids in prompts]
     runner.close()
@@ -197,7 +199,7 @@ def accuracy(variant: Variant, workload: dict, questions: list[dict], args: argp
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_file(str(args.tokenizer))
-    ids = run_in_fresh_process(_in_answers, variant, workload, args.threads, args.answer_tokens)
+    ids = run_in_fresh_process(_in_answers, variant, workload, args.threads, args.answer_tokens, args.llama_repack)
     answers = [tokenizer.decode(row, skip_special_tokens=True) for row in ids]
     capitals = sorted({q["capital"] for q in questions})
     right = sum(names_capital(a, q["capital"], capitals) for a, q in zip(answers, questions, strict=True))
@@ -220,7 +222,7 @@ def speed_rounds(variants: list[Variant], workload: dict, args: argparse.Namespa
         for variant in order:
             time.sleep(SETTLE_SECONDS)
             found[variant.name] = run_in_fresh_process(
-                _in_speed, variant, workload, args.threads, args.new_tokens, args.repeats
+                _in_speed, variant, workload, args.threads, args.new_tokens, args.repeats, args.llama_repack
             )
             print(number, variant.name, json.dumps(found[variant.name]), flush=True)
         found["load_after"] = os.getloadavg()
@@ -268,7 +270,8 @@ def table(result: dict) -> str:
     lines += [
         "",
         f"{result['label']}: load average (1 min) at the start-end of each run: {', '.join(loads)}; "
-        f"{result['threads']} threads; llama.cpp's OpenMP wait policy: {result['omp_wait_policy']}.",
+        f"{result['threads']} threads; llama.cpp's OpenMP wait policy: {result['omp_wait_policy']}, "
+        f"weight repacking {'on' if result['llama_repack'] else 'off'}.",
     ]
     return "\n".join(lines)
 
@@ -329,6 +332,7 @@ def main(argv: list[str] | None = None) -> None:
         "label": args.label,
         "threads": args.threads,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default (spinning)"),
+        "llama_repack": args.llama_repack,
         "questions": len(questions),
         "shape": {"rows": args.rows, "short": args.short_tokens, "long": args.long_tokens, "new": args.new_tokens},
         "variants": {
@@ -356,6 +360,7 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--phrasings", type=int, default=3, help="questions per country (1-3)")
     parser.add_argument("--answer-tokens", type=int, default=48)
+    parser.add_argument("--llama-repack", action="store_true", help="llama.cpp weight repacking on (see open_runner)")
     parser.add_argument("--label", default="idle", help="how the machine was: idle, or loaded")
     return parser.parse_args(argv)
 
