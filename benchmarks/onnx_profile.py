@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from functools import partial
 from pathlib import Path
 
 from benchmarks.measure import median, paired_value_ratio
+from benchmarks.report import BENCHMARKS_DIR
 from benchmarks.same_weights import OnnxRunner, _in_workload, decode_rate
 from slmflow.config import BuilderOptions
 from slmflow.fetch.cache import build_once
@@ -112,6 +114,7 @@ def main(argv: list[str] | None = None) -> None:
         "ttft full head": partial(reference.generate, long, 1),
         "ttft pruned head": partial(head.generate, long, 1),
     }
+    load = os.getloadavg()[0]
     found = alternate(runs, args.repeats)
     rates = {key: [decode_rate(r, 1) for r in runs_] for key, runs_ in found.items() if not key.startswith("ttft")}
     ttfts = {key: [r["ttft"] for r in runs_] for key, runs_ in found.items() if key.startswith("ttft")}
@@ -132,6 +135,8 @@ def main(argv: list[str] | None = None) -> None:
         "pruned head: batch answers equal one-by-one answers": batched == alone,
         "pruned head answers (batch, one by one)": [batched, alone],
     }
+    result["load_average"] = [load, os.getloadavg()[0]]
+    (BENCHMARKS_DIR / "results" / "onnx_profile.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
 
