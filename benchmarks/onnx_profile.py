@@ -127,6 +127,7 @@ def main(argv: list[str] | None = None) -> None:
                 rates[f"threads {t}"], rates[f"threads {args.threads}"]
             )
             for t in runners
+            if t != args.threads
         },
         f"ttft {args.long_tokens} ms": {
             key: median(ttfts[key]) * 1000 for key in ("ttft full head", "ttft pruned head")
