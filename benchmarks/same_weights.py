@@ -204,6 +204,7 @@ def accuracy(variant: Variant, workload: dict, questions: list[dict], args: argp
     capitals = sorted({q["capital"] for q in questions})
     right = sum(names_capital(a, q["capital"], capitals) for a, q in zip(answers, questions, strict=True))
     low, high = wilson_interval(right, len(questions))
+    print(variant.name, f"{right} of {len(questions)} right", flush=True)
     return {
         "right": right,
         "total": len(questions),
