@@ -314,7 +314,7 @@ def main(argv: list[str] | None = None) -> None:
     cache = Settings.from_environment().cache_dir / "same-weights"
     started = time.perf_counter()
     checkpoint = args.checkpoint or dequantize(args.gguf, cache)
-    variants = build_variants(args.gguf, checkpoint, cache, args.llama_sdist)
+    variants = [v for v in build_variants(args.gguf, checkpoint, cache, args.llama_sdist) if v.name in args.variants]
     print(f"built in {time.perf_counter() - started:.0f} s:", json.dumps({v.name: str(v.path) for v in variants}))
     if args.build_only:
         return
@@ -352,6 +352,8 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--checkpoint", type=Path, help="its dequantized HF checkpoint (made from --gguf if not given)")
     parser.add_argument("--llama-sdist", type=Path, help="the llama-cpp-python sdist (pip downloads it if not given)")
     parser.add_argument("--build-only", action="store_true")
+    names = [*ONNX_BUILDS, SHIPPED, *GGUF_QUANTS]
+    parser.add_argument("--variants", nargs="+", choices=names, default=names, help="measure only these")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=2, help="runs of every variant (the idle rule compares two)")
     parser.add_argument("--repeats", type=int, default=5, help="medians over this many repeats in each run")
