@@ -153,8 +153,8 @@ class LlamaRunner:
         """Every prompt into the cache, 512 tokens a call; the batch index of each row's last logits.
 
         Only the last call's logits survive it: several rows must fit in one call together."""
-        if len(prompts) > 1 and sum(map(len, prompts)) > 512:
-            raise ValueError("several prompts must hold at most 512 tokens together")
+        if len(prompts) > 1 and (sum(map(len, prompts)) > 512 or len(set(map(len, prompts))) > 1):
+            raise ValueError("several prompts must be of one length and hold at most 512 tokens together")
         entries = [(row, token, position) for row, ids in enumerate(prompts) for position, token in enumerate(ids)]
         for start in range(0, len(entries), 512):
             chunk = entries[start : start + 512]
