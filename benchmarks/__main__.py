@@ -1,11 +1,14 @@
-"""Run every benchmark: `python -m benchmarks`; the opt-in Phi-3-mini shape one: `python -m benchmarks --real-shape`."""
+"""Run every benchmark: `python -m benchmarks`. Opt-in and slow: `python -m benchmarks --real-shape` (Phi-3-mini's
+shape) and `python -m benchmarks --same-weights --gguf FILE` (onnx-chat against llama.cpp on SmolLM2's weights)."""
 
 import sys
 
-if sys.argv[1:2] == ["--real-shape"]:
-    from benchmarks import real_shape
+OPT_IN = {"--real-shape": "real_shape", "--same-weights": "same_weights", "--llama-server": "llama_server"}
 
-    real_shape.main(sys.argv[2:])
+if sys.argv[1:2] and sys.argv[1] in OPT_IN:
+    import importlib
+
+    importlib.import_module(f"benchmarks.{OPT_IN[sys.argv[1]]}").main(sys.argv[2:])
 else:
     from benchmarks import batch_score, onnx_chat_speed, pipeline_rerun, serving
 

@@ -13,12 +13,8 @@ pairs. Opt-in and slow: `python -m benchmarks --real-shape` (see benchmarks/READ
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
-import subprocess
-import sys
-import tarfile
 import tempfile
 import time
 from collections.abc import Callable
@@ -26,6 +22,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from benchmarks import llamacpp
 from benchmarks.measure import (
     decode_tokens_per_second,
     median,
@@ -39,7 +36,7 @@ from benchmarks.measure import (
     run_in_fresh_process,
     weight_bytes,
 )
-from benchmarks.report import BENCHMARKS_DIR, write_report
+from benchmarks.report import write_report
 from slmflow.config import BuilderOptions, GenerationConfig, RuntimeConfig, Settings
 from slmflow.evaluation.runner import peak_rss_mb
 from slmflow.fetch.builtin import builtin_spec, ensure_builtin_spec, filler_text, spec_fingerprint, with_layers
@@ -58,7 +55,7 @@ BUILDER_SETTINGS = {
 }
 # The logged onnx-chat model is built with the config defaults; the sweep compares the others with it.
 DEFAULT_SETTING = f"b{BuilderOptions().block_size}-a{BuilderOptions().accuracy_level}"
-QUANTS = {"q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0", "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M"}
+QUANTS = ("q4_0", "q4_k_m")
 PROMPT_LENGTHS = (512, 2048)
 SHORT_PROMPT_WORDS = 24
 BATCH = 4
@@ -68,86 +65,19 @@ SETTLE_SECONDS = 0.2
 # Building: the checkpoint, its ONNX builds and its GGUF files, each cached once per recipe.
 
 
-def llama_cpp_python_version() -> str:
-    for line in (BENCHMARKS_DIR / "requirements.txt").read_text().splitlines():
-        if line.startswith("llama-cpp-python=="):
-            return line.split("==", 1)[1].strip()
-    raise RuntimeError("benchmarks/requirements.txt pins no llama-cpp-python")
-
-
-def llama_cpp_source(cache: Path) -> Path:
-    """llama.cpp's source tree from the pinned llama-cpp-python sdist: its converter lives there."""
-    version = llama_cpp_python_version()
-
-    def download(out_dir: Path) -> None:
-        out_dir.mkdir(parents=True)
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "download",
-                "--no-deps",
-                "--no-binary",
-                ":all:",
-                "-d",
-                *[str(out_dir), f"llama-cpp-python=={version}"],
-            ],
-            check=True,
-        )
-        with tarfile.open(next(out_dir.glob("llama_cpp_python-*.tar.gz"))) as sdist:
-            sdist.extractall(out_dir, filter="data")
-
-    root = cache / "llama-cpp-python" / version
-    sdist_dir = f"llama_cpp_python-{version}"
-    from slmflow.fetch.cache import build_once
-
-    return build_once(root, sdist_dir, download) / sdist_dir / "vendor" / "llama.cpp"
-
-
 # Our tokenizer is a byte-level BPE with GPT-2's pre-tokenizer, trained here: llama.cpp's converter
 # recognises pre-tokenizers by hashing known models' encodings and refuses unknown ones, so it is told
 # the pre-tokenizer by name. Nothing else of the converter is changed.
-CONVERT_SCRIPT = """
-import runpy, sys
-llama_dir = sys.argv[1]
-sys.path[:0] = [llama_dir, llama_dir + "/gguf-py"]
-import conversion.base
-conversion.base.TextModel.get_vocab_base_pre = lambda self, tokenizer: "gpt-2"
-sys.argv = [llama_dir + "/convert_hf_to_gguf.py", *sys.argv[2:]]
-runpy.run_path(sys.argv[0], run_name="__main__")
-"""
-
-
 def ensure_gguf(checkpoint: Path, name: str, kind: str, cache: Path) -> Path:
     """The checkpoint as GGUF: `f16` by llama.cpp's converter, a quantisation by llama_model_quantize."""
-    from slmflow.fetch.cache import build_once
 
-    def convert(out_dir: Path) -> None:
-        out_dir.mkdir(parents=True)
-        command = [sys.executable, "-c", CONVERT_SCRIPT, str(llama_cpp_source(cache)), str(checkpoint)]
+    def make_f16(out_file: Path) -> None:
         # llama.cpp gives a model whose general.name contains "phi3" Phi-3's SentencePiece special
         # tokens (`</s>`, `<unk>`) and fails to load without them; the name is metadata only.
-        command += ["--model-name", "bench-mini-shape", "--outtype", "f16", "--outfile", str(out_dir / "model.gguf")]
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            raise RuntimeError(f"convert_hf_to_gguf.py failed:\n{result.stderr[-3000:]}")
+        source = llamacpp.llama_cpp_source(cache)
+        llamacpp.convert_to_f16(source, checkpoint, out_file, "gpt-2", "--model-name", "bench-mini-shape")
 
-    def quantize(out_dir: Path) -> None:
-        import llama_cpp
-
-        source = ensure_gguf(checkpoint, name, "f16", cache) / "model.gguf"
-        out_dir.mkdir(parents=True)
-        params = llama_cpp.llama_model_quantize_default_params()
-        params.ftype = getattr(llama_cpp, QUANTS[kind])
-        params.nthread = os.cpu_count() or 1
-        code = llama_cpp.llama_model_quantize(
-            str(source).encode(), str(out_dir / "model.gguf").encode(), ctypes.byref(params)
-        )
-        if code != 0:
-            raise RuntimeError(f"llama_model_quantize to {kind} failed with code {code}")
-
-    return build_once(cache / "gguf" / name / kind, "model.gguf", convert if kind == "f16" else quantize)
+    return llamacpp.ensure_gguf(cache / "gguf" / name, kind, make_f16)
 
 
 def streamed_weight_bytes(onnx_dir: Path) -> int:
@@ -204,27 +134,15 @@ def prompt_text(tokenizer, messages: list[dict[str, str]]) -> str:
 # llama.cpp through llama-cpp-python.
 
 
-def load_llama(gguf: Path, threads: int, context: int):
-    from llama_cpp import Llama
-
-    return Llama(
-        model_path=str(gguf), n_ctx=context, n_batch=512, n_threads=threads, n_threads_batch=threads, verbose=False
-    )
+def load_llama(gguf: Path, threads: int, context: int) -> llamacpp.LlamaRunner:
+    """llama.cpp over its C API, weight repacking off (its AMX kernels die with an illegal instruction on
+    this machine's virtual CPU, through llama-cpp-python's `Llama` too)."""
+    return llamacpp.LlamaRunner(gguf, threads, context, extra_buffers=False)
 
 
-def llama_generate(llm, tokens: list[int], new_tokens: int) -> dict[str, float]:
-    """Greedy, exactly new_tokens tokens (EOS does not stop `generate`), no reuse of a cached prefix."""
-    llm.reset()
-    started = time.perf_counter()
-    first = None
-    generated = 0
-    for _ in llm.generate(tokens, temp=0.0, repeat_penalty=1.0, reset=False):
-        generated += 1
-        if first is None:
-            first = time.perf_counter() - started
-        if generated == new_tokens:
-            break
-    return {"seconds": time.perf_counter() - started, "tokens": generated, "ttft": first}
+def llama_generate(llm: llamacpp.LlamaRunner, tokens: list[int], new_tokens: int) -> dict[str, float]:
+    """Greedy, exactly new_tokens tokens, from an empty cache."""
+    return llm.generate([tokens], new_tokens)
 
 
 def pyfunc_stream(pyfunc, messages: list[dict[str, str]], new_tokens: int) -> dict[str, float]:
@@ -289,7 +207,7 @@ def measure_layers(layers: int, args: argparse.Namespace, cache: Path, store: Pa
         for setting, options in BUILDER_SETTINGS.items()
         if setting == DEFAULT_SETTING or args.sweep
     }
-    ggufs = {kind: ensure_gguf(checkpoint, name, kind, cache) / "model.gguf" for kind in QUANTS}
+    ggufs = {kind: ensure_gguf(checkpoint, name, kind, cache) for kind in QUANTS}
     print(f"{spec.name}: built in {time.perf_counter() - started:.0f} s", flush=True)
 
     threads, new_tokens = args.threads, args.new_tokens
@@ -339,7 +257,9 @@ def measure_layers(layers: int, args: argparse.Namespace, cache: Path, store: Pa
         found: dict[str, list] = {}
         interleave(runs, args.ttft_repeats, found)
         ttft[str(length)] = found
-    del llamas, decode_runs, runs  # free llama.cpp's memory before the sweep
+    for llm in llamas.values():  # free llama.cpp's memory before the sweep
+        llm.close()
+    del llamas, decode_runs, runs
 
     sweep = measure_sweep(onnx_dirs, tokenizer, short_text, long[512], args) if args.sweep else None
     pyfunc_cold = run_in_fresh_process(_pyfunc_cold, model_uri, long[512], new_tokens)

@@ -42,50 +42,41 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def body(index: int, new_tokens: int) -> dict:
+def body(target: Target, index: int, new_tokens: int) -> dict:
+    """A chat request for exactly `new_tokens` tokens: `min_tokens` here, or the target's own way."""
     return {
         "messages": [{"role": "user", "content": f"What is the capital of {COUNTRIES[index % len(COUNTRIES)]}?"}],
         "max_tokens": new_tokens,
-        "min_tokens": new_tokens,
         "temperature": 0,
+        **(target.exact_length or {"min_tokens": new_tokens}),
     }
 
 
 class Target:
-    """A server under test: how to start it and where to send a chat request."""
+    """A server under test: how to start it, where to send a chat request, and how to ask for an exact length."""
 
-    def __init__(self, name: str, command: list[str], port: int, path: str, ready: str) -> None:
+    def __init__(
+        self, name: str, command: list[str], port: int, path: str, ready: str, exact_length: dict | None = None
+    ) -> None:
         self.name, self.command, self.port, self.path, self.ready = name, command, port, path, ready
+        self.exact_length = exact_length
 
     @property
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
 
+def slmflow_target(model_uri: str) -> Target:
+    port = free_port()
+    command = [sys.executable, "-m", "slmflow.serve", "--model-uri", model_uri, "--port", str(port)]
+    command += ["--log-level", "warning", "--max-batch-size", "16", "--max-queue", "64"]
+    return Target("slmflow.serve", command, port, "/v1/chat/completions", "/ready")
+
+
 def targets(model_uri: str) -> list[Target]:
-    ours, theirs = free_port(), free_port()
+    theirs = free_port()
     return [
-        Target(
-            "slmflow.serve",
-            [
-                sys.executable,
-                "-m",
-                "slmflow.serve",
-                "--model-uri",
-                model_uri,
-                "--port",
-                str(ours),
-                "--log-level",
-                "warning",
-                "--max-batch-size",
-                "16",
-                "--max-queue",
-                "64",
-            ],
-            ours,
-            "/v1/chat/completions",
-            "/ready",
-        ),
+        slmflow_target(model_uri),
         Target(
             "mlflow models serve",
             [
@@ -127,7 +118,7 @@ def load_round(target: Target, clients: int, new_tokens: int) -> dict:
             for request in range(per_client):
                 started = time.perf_counter()
                 response = http.post(
-                    target.base + target.path, json=body(number * per_client + request, new_tokens), timeout=600
+                    target.base + target.path, json=body(target, number * per_client + request, new_tokens), timeout=600
                 )
                 response.raise_for_status()
                 results.append((time.perf_counter() - started, answered_tokens(response.json())))
@@ -148,12 +139,12 @@ def load_round(target: Target, clients: int, new_tokens: int) -> dict:
     }
 
 
-def streaming_ttft(target: Target, clients: int, new_tokens: int) -> float:
-    """Median time to the first content chunk, `clients` streams at once."""
+def streaming_ttft(target: Target, clients: int, new_tokens: int) -> list[float]:
+    """Times to the first content chunk of `clients` streams opened at once."""
 
     def first_token(index: int) -> float:
         started = time.perf_counter()
-        payload = {**body(index, new_tokens), "stream": True}
+        payload = {**body(target, index, new_tokens), "stream": True}
         with requests.post(target.base + target.path, json=payload, stream=True, timeout=600) as response:
             lines = response.iter_lines(chunk_size=None, decode_unicode=True)  # lines as they arrive
             for line in lines:
@@ -165,7 +156,21 @@ def streaming_ttft(target: Target, clients: int, new_tokens: int) -> float:
         return ttft
 
     with ThreadPoolExecutor(max_workers=clients) as pool:
-        return statistics.median(pool.map(first_token, range(clients)))
+        return list(pool.map(first_token, range(clients)))
+
+
+Samples = dict[str, dict[int, list[dict]]]
+
+
+def alternate_levels(servers: list[Target], round_number: int, new_tokens: int, samples: Samples, label: str) -> None:
+    """One round: every client level, the servers back to back, alternating which goes first
+    (the load of a shared machine drifts over minutes); results appended to `samples[server][clients]`."""
+    for level, clients in enumerate(CLIENTS):
+        order = servers if (round_number + level) % 2 == 0 else list(reversed(servers))
+        for target in order:
+            result = load_round(target, clients, new_tokens)
+            samples.setdefault(target.name, {}).setdefault(clients, []).append(result)
+            print(label, round_number, target.name, clients, json.dumps(result), flush=True)
 
 
 def og_engine_against_plain_batches(onnx_dir: Path, requests: int, new_tokens: int, repeats: int = 3) -> dict:
@@ -250,7 +255,7 @@ def measure(name: str, source: str, new_tokens: int, rounds: int, store: Path, l
     mlflow.set_tracking_uri(tracking_uri)
     with mlflow.start_run():
         model_uri = log_onnx_chat_model(fetched.onnx_dir, GenerationConfig(max_new_tokens=new_tokens), RuntimeConfig())
-    samples: dict[str, dict[int, list[dict]]] = {}
+    samples: Samples = {}
     ttft: dict[int, list[float]] = {clients: [] for clients in (1, 16)}
     servers = targets(model_uri)
     with contextlib.ExitStack() as running:
@@ -261,15 +266,9 @@ def measure(name: str, source: str, new_tokens: int, rounds: int, store: Path, l
             )
             load_round(target, 1, new_tokens)  # warm up
         for round_number in range(rounds):
-            for level, clients in enumerate(CLIENTS):
-                # Back to back, alternating which goes first: the load of a shared machine drifts over minutes.
-                order = servers if (round_number + level) % 2 == 0 else list(reversed(servers))
-                for target in order:
-                    result = load_round(target, clients, new_tokens)
-                    samples.setdefault(target.name, {}).setdefault(clients, []).append(result)
-                    print(name, round_number, target.name, clients, json.dumps(result), flush=True)
+            alternate_levels(servers, round_number, new_tokens, samples, name)
             for clients in ttft:
-                ttft[clients].append(streaming_ttft(servers[0], clients, new_tokens))
+                ttft[clients].append(statistics.median(streaming_ttft(servers[0], clients, new_tokens)))
     ours, theirs = samples["slmflow.serve"], samples["mlflow models serve"]
     levels = {}
     for clients in CLIENTS:
