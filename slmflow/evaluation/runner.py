@@ -17,6 +17,7 @@ from slmflow.evaluation.dataset import EvalExample
 from slmflow.evaluation.metrics import ExampleResult, ModelReport, score_example
 
 TTFT_SAMPLE = 8  # examples per model timed again through predict_stream for time to first token
+WARM_UP = 4  # items answered before a model's expected time is printed
 
 
 def evaluate_loaded_model(
@@ -29,11 +30,13 @@ def evaluate_loaded_model(
     from tqdm import tqdm
 
     results = []
-    for example in tqdm(examples, desc=progress, disable=progress is None):
+    for index, example in enumerate(tqdm(examples, desc=progress, disable=progress is None), start=1):
         request = {"messages": list(example.messages)}
         started = time.perf_counter()
         prediction = predict(request)
         results.append(score_example(example, prediction, time.perf_counter() - started))
+        if progress is not None and index == min(WARM_UP, len(examples)):
+            print(f"{progress}: {expected_time(results, len(examples))}", flush=True)
     ttft = []
     if predict_stream is not None:
         for example in examples[:TTFT_SAMPLE]:
@@ -43,6 +46,15 @@ def evaluate_loaded_model(
                     ttft.append(time.perf_counter() - started)
                     break
     return results, ttft
+
+
+def expected_time(done: Sequence[ExampleResult], total: int) -> str:
+    """The time the remaining items should take at the rate of the first ones, for a person waiting."""
+    spent = sum(r.latency_s for r in done)
+    return (
+        f"{len(done)} items in {spent:.1f} s; expecting about {spent / len(done) * total:.0f} s for all {total} "
+        f"(plus {TTFT_SAMPLE} streamed again for time to first token)"
+    )
 
 
 def _has_text(chunk: Any) -> bool:
