@@ -82,9 +82,10 @@ class Registrar:
         same = [v for v in versions if all(v.tags.get(key) == identity[key] for key in tags.IDENTITY)]
         return sorted(same, key=lambda v: int(v.version))
 
-    def _evidence(self, champion: ModelVersion | None, candidate: Candidate, evaluation: Evaluation):
+    def _evidence(self, champion: ModelVersion | None, candidate: Candidate, evaluation: Evaluation | None):
         if champion is None:
             return None
+        evaluation = evaluation or Evaluation("", {candidate.flavor: candidate}, {}, None, "no paired evaluation", 0.95)
         return champion_evidence(
             str(champion.version),
             champion_model_uri(champion),
@@ -103,9 +104,11 @@ class Registrar:
         identity: Mapping[str, str],
         lineage: Mapping[str, str],
         description: str,
-        evaluation: Evaluation,
+        evaluation: Evaluation | None = None,
     ) -> RegistrationResult:
-        """Register and promote a candidate that passes the gates; refuse (or park) one that does not."""
+        """Register and promote a candidate that passes the gates; refuse (or park) one that does not.
+
+        Without an `evaluation` (no paired measurements), the champion gates read its recorded metrics."""
         existing = self.find_registered(identity)
         if existing is not None:
             if existing.tags.get(tags.ALIASES_SET) != "true":

@@ -1,8 +1,8 @@
 import pytest
 
+from slmflow.config import SuiteConfig
 from slmflow.evaluation.answers import AnswerKey, asserted_numbers, normalize, reads_correct, skill_accuracy
 from slmflow.evaluation.suites import build_suite
-from slmflow.config import SuiteConfig
 
 OCEANS = ("Atlantic", "Indian", "Arctic", "Southern")
 
