@@ -162,6 +162,9 @@ class EvaluationConfig(_Section):
     # The fraction of items on which two comparable models disagree, assumed when sizing the suite for a
     # margin before anything is measured (measured here: SmolLM2-135M int4 against fp32 disagree on ~0.1-0.2).
     assumed_discordance: float = Field(0.15, gt=0.0, le=1.0)
+    # Each eval request's max_tokens (null: the model's own max_new_tokens): short-answer suites need few
+    # tokens, and a model that rambles to its limit costs the most on the slow flavor.
+    max_new_tokens: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _one_source_of_items(self) -> EvaluationConfig:

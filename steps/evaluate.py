@@ -23,11 +23,12 @@ def evaluate(args, config, settings) -> None:
         "one request at a time; each model prints its expected time after its first items",
         flush=True,
     )
-    reports = [evaluate_model(name, uri, examples) for name, uri in measured]
+    max_tokens = config.evaluation.max_new_tokens
+    reports = [evaluate_model(name, uri, examples, max_tokens) for name, uri in measured]
     champion = None
     if with_champion:
         try:
-            champion = evaluate_model(tags.CHAMPION_MODEL_NAME, args.champion_model_uri, examples)
+            champion = evaluate_model(tags.CHAMPION_MODEL_NAME, args.champion_model_uri, examples, max_tokens)
             mlflow.set_tag(tags.CHAMPION_MEASURED, args.champion_model_uri)
         except Exception as error:  # the gates fall back to the champion's recorded metrics and say so
             reason = f"{args.champion_model_uri} could not be measured: {type(error).__name__}: {error}"
