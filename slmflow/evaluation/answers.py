@@ -114,11 +114,6 @@ def reads_correct(prediction: str, key: AnswerKey, question: str = "") -> bool:
     return bool(claims & accepted) and not claims & set(rivals)
 
 
-def answer_key_fields(key: AnswerKey) -> dict[str, object]:
-    """The key as plain values (for an eval row or a trace's expectations)."""
-    return {"answer": key.answer, "kind": key.kind, "aliases": list(key.aliases), "tolerance": key.tolerance}
-
-
 def skill_accuracy(skills: Sequence[str], correct: Sequence[bool]) -> dict[str, float]:
     """Accuracy per skill tag."""
     totals: dict[str, list[int]] = {}
