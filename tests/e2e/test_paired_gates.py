@@ -79,7 +79,8 @@ def test_the_champion_is_measured_in_the_same_run_and_a_degraded_candidate_fails
     assert versions(store.client, NAME) == ["1", "2"]
 
 
-def test_a_margin_too_small_for_the_eval_items_is_refused_before_any_step(store):
+def test_a_margin_too_small_for_the_eval_items_is_refused_before_any_step(tmp_path):
+    store = Store(tmp_path)  # no first run needed: nothing is built
     registry = {**REGISTRY, "gates": {"min_accuracy": 0.8, "max_accuracy_regression": 0.05}}
     result = store.run("strict", registry=registry)
     assert result.returncode != 0
