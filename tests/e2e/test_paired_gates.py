@@ -23,7 +23,7 @@ class Store:
         self.client = MlflowClient(self.uri)
 
     def run(self, name: str, **changes):
-        config = variant_config(self.folder / name, registry=REGISTRY, **changes)
+        config = variant_config(self.folder / name, **{"registry": REGISTRY, **changes})
         return mlflow_run(str(PROJECT_DIR), self.uri, config=str(config), cwd=self.folder)
 
     def latest(self):
