@@ -27,6 +27,21 @@ CACHE_KEY = "slmflow.cache_key"
 OUTPUT_PREFIX = "slmflow.output."  # a step's declared outputs, read by `main`
 CONTENT_PREFIX = "slmflow.content."  # what an output holds, for cache keys downstream
 CANDIDATE_PREFIX = "slmflow.candidate."  # on the evaluate run: each evaluated model's URI, by model name
+CHAMPION_MEASURED = "slmflow.champion.measured"  # on the evaluate run: the champion version measured with them
+CHAMPION_ERROR = "slmflow.champion.error"  # on the evaluate run: why the champion could not be measured
+EVAL_DIGEST = "eval_digest"  # param of the evaluate run: the version of the eval items
+
+# The evaluation's model names and paired comparisons: `<model>/accuracy`, `delta/<pair>/accuracy_ci_low`.
+CHAMPION_MODEL_NAME = "champion"
+DELTA_PREFIX = "delta/"
+ONNX_VS_TRANSFORMERS = "onnx_vs_transformers"
+NO_CHAMPION = "none"  # the evaluate step's champion parameter when there is nothing to measure
+
+
+def versus_champion(model: str) -> str:
+    """The paired comparison of an evaluated model with the champion: `onnx-chat_vs_champion`."""
+    return f"{model}_vs_{CHAMPION_MODEL_NAME}"
+
 
 # The parent (`main`) run and its experiment.
 SOURCE_REVISION = "slmflow.source_revision"
@@ -57,6 +72,7 @@ def steps_recorded(tags: dict[str, str]) -> dict[str, tuple[str, bool]]:
 # Model versions in the registry.
 DECISION = "decision"  # what registration did with the version: promoted to champion, or parked
 METRIC_PREFIX = "metric."
+GATE_PREFIX = "gate."  # one tag per gate: its statistic, interval and verdict
 ALIASES_SET = "aliases_set"  # a version's last write: without it, a killed job left its promotion unfinished
 FLAVOR = "flavor"
 IDENTITY = ("source_revision", "config_hash", "code_hash")  # the same three never get a second version

@@ -1,7 +1,10 @@
-"""Measure both logged chat models on the same eval set: quality and speed."""
+"""Measure both logged chat models, and the champion when there is one, on the same eval items: quality,
+speed and the paired comparisons the gates read."""
+
+import mlflow
 
 from slmflow import tags
-from slmflow.evaluation.dataset import load_eval_set
+from slmflow.evaluation.dataset import load_examples
 from slmflow.evaluation.reporting import log_reports
 from slmflow.evaluation.runner import evaluate_model
 from slmflow.pipeline.contract import STEPS
@@ -9,13 +12,30 @@ from slmflow.pipeline.step import run_step
 
 
 def evaluate(args, config, settings) -> None:
-    examples = load_eval_set(config.evaluation.eval_set, config.evaluation.max_examples)
-    reports = [
-        evaluate_model(tags.ONNX_MODEL_NAME, args.onnx_model_uri, examples),
-        evaluate_model(tags.TRANSFORMERS_MODEL_NAME, args.transformers_model_uri, examples),
+    examples = load_examples(config.evaluation)
+    measured = [
+        (tags.ONNX_MODEL_NAME, args.onnx_model_uri),
+        (tags.TRANSFORMERS_MODEL_NAME, args.transformers_model_uri),
     ]
-    for name, metrics in log_reports(examples, reports, config.evaluation.eval_set).items():
-        print(f"{name}: " + ", ".join(f"{key}={value:.4g}" for key, value in sorted(metrics.items())))
+    with_champion = args.champion_model_uri != tags.NO_CHAMPION
+    print(
+        f"evaluate: {len(examples)} items x {len(measured) + with_champion} models, each in its own process, "
+        "one request at a time; each model prints its expected time after its first items",
+        flush=True,
+    )
+    max_tokens = config.evaluation.max_new_tokens
+    reports = [evaluate_model(name, uri, examples, max_tokens) for name, uri in measured]
+    champion = None
+    if with_champion:
+        try:
+            champion = evaluate_model(tags.CHAMPION_MODEL_NAME, args.champion_model_uri, examples, max_tokens)
+            mlflow.set_tag(tags.CHAMPION_MEASURED, args.champion_model_uri)
+        except Exception as error:  # the gates fall back to the champion's recorded metrics and say so
+            reason = f"{args.champion_model_uri} could not be measured: {type(error).__name__}: {error}"
+            mlflow.set_tag(tags.CHAMPION_ERROR, reason[:4000])
+            print(f"warning: {reason}", flush=True)
+    for name, metrics in log_reports(examples, reports, config.evaluation, champion).items():
+        print(f"{name}: " + ", ".join(f"{key}={value:.4g}" for key, value in sorted(metrics.items())), flush=True)
 
 
 if __name__ == "__main__":

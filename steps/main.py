@@ -6,15 +6,19 @@ import mlflow
 
 from slmflow import tags
 from slmflow.errors import ConfigError, StepFailedError
+from slmflow.evaluation.dataset import load_examples
 from slmflow.pipeline.contract import STEPS
 from slmflow.pipeline.runner import run_pipeline
 from slmflow.pipeline.step import run_step
 from slmflow.pipeline.summary import describe_experiment, pipeline_run_name, record_summary
+from slmflow.registry.rules import check_margins_resolvable
 
 
 def main(args, config, settings) -> None:
     if args.use_cache not in ("true", "false"):
         raise ConfigError(f"use_cache: '{args.use_cache}' is neither 'true' nor 'false'")
+    # Before any model is built: a margin the eval items cannot resolve would make every decision noise.
+    check_margins_resolvable(config, len(load_examples(config.evaluation)))
     run = mlflow.active_run()
     client = mlflow.MlflowClient()
     title = pipeline_run_name(args.config)

@@ -11,7 +11,7 @@ from slmflow.registry.lineage import (
     registration_tags,
     served_code_hash,
 )
-from slmflow.registry.registrar import Registrar, candidates_from_evaluation
+from slmflow.registry.registrar import Registrar, evaluation_from_run
 from slmflow.registry.rules import choose_candidate
 
 STEP = STEPS["register"]
@@ -19,16 +19,16 @@ STEP = STEPS["register"]
 
 def register(args, config, settings) -> None:
     client = mlflow.MlflowClient()
-    evaluation = client.get_run(args.evaluate_run_id)
-    candidates = candidates_from_evaluation(evaluation)
-    candidate = choose_candidate(candidates, config.registry.selection)
+    evaluation = evaluation_from_run(client.get_run(args.evaluate_run_id), config.evaluation.confidence)
+    candidate = choose_candidate(evaluation.candidates, config.registry.selection, evaluation.onnx_vs_transformers())
     git_commit = client.get_run(mlflow.active_run().info.run_id).data.tags.get(tags.GIT_COMMIT, "")
     mlflow.log_params({"candidate_flavor": candidate.flavor, "candidate_model_uri": candidate.model_uri})
     result = Registrar(config.registry, client).register(
         candidate,
         registration_identity(config, args.source_revision, served_code_hash(candidate.flavor)),
         registration_tags(config, candidate, args.evaluate_run_id, git_commit),
-        registration_description(config, candidates, args.source_revision, args.evaluate_run_id),
+        registration_description(config, evaluation, args.source_revision),
+        evaluation,
     )
     mlflow.set_tags({"registered_created": str(result.created).lower(), "promoted": str(result.promoted).lower()})
     set_outputs(STEP, registered_model=config.registry.model_name, registered_version=result.version.version)

@@ -1,29 +1,40 @@
-"""The eval set: JSONL rows of chat messages with a reference answer and the key fact to find in it."""
+"""Eval sets: JSONL rows or a suite built by project code, each item a question with a checkable answer
+and a skill tag; split into disjoint parts by a seed; versioned by their digest."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from slmflow.chat.request import parse_messages
+from slmflow.config import EvaluationConfig, SplitConfig
 from slmflow.errors import ConfigError
+from slmflow.evaluation.answers import AnswerKey
 
 
 @dataclass(frozen=True)
 class EvalExample:
     messages: tuple[dict[str, str], ...]
-    reference: str
-    answer: str
+    reference: str  # a full answer, for exact match and ROUGE-L
+    key: AnswerKey
+    skill: str
 
     @property
     def question(self) -> str:
         return self.messages[-1]["content"]
 
+    @property
+    def answer(self) -> str:
+        return self.key.answer
 
-def load_eval_set(path: Path, max_examples: int | None = None) -> list[EvalExample]:
-    """JSONL rows of {"messages": [...], "reference": full answer, "answer": the key fact}."""
+
+def load_eval_set(path: Path) -> list[EvalExample]:
+    """JSONL rows of {"messages", "reference", "answer"} and optionally "aliases", "rivals", "kind",
+    "tolerance" and "skill" (else the file's name)."""
     if not path.is_file():
         raise ConfigError(f"eval set not found: {path}")
     examples = []
@@ -32,26 +43,77 @@ def load_eval_set(path: Path, max_examples: int | None = None) -> list[EvalExamp
             continue
         try:
             row = json.loads(line)
-            examples.append(
-                EvalExample(
-                    messages=tuple(parse_messages(row["messages"], where=f"{path}:{number}")),
-                    reference=str(row["reference"]),
-                    answer=str(row.get("answer", row["reference"])),
-                )
+            key = AnswerKey(
+                answer=str(row.get("answer", row["reference"])),
+                kind=row.get("kind", "entity"),
+                aliases=tuple(row.get("aliases", ())),
+                rivals=tuple(row.get("rivals", ())),
+                tolerance=float(row.get("tolerance", 0.0)),
             )
+            messages = tuple(parse_messages(row["messages"], where=f"{path}:{number}"))
+            examples.append(EvalExample(messages, str(row["reference"]), key, str(row.get("skill", path.stem))))
         except (ValueError, KeyError, TypeError) as error:
             raise ConfigError(f"{path}:{number}: bad eval row: {error}") from None
     if not examples:
         raise ConfigError(f"eval set {path} has no rows")
-    return examples[:max_examples] if max_examples else examples
+    return examples
 
 
-def eval_dataset(examples: list[EvalExample], eval_set: Path) -> Any:
-    """The examples as an MLflow dataset named after the file, so runs and model metrics point at it."""
+def split_part(examples: Sequence[EvalExample], split: SplitConfig) -> list[EvalExample]:
+    """One of `split.parts` disjoint parts that together hold every example, chosen by a seeded hash of
+    the question: the same seed gives the same parts on any machine, whatever the order of the rows."""
+
+    def rank(example: EvalExample) -> str:
+        return hashlib.sha256(f"{split.seed}\0{example.question}".encode()).hexdigest()
+
+    ordered = sorted(examples, key=rank)
+    return [example for index, example in enumerate(ordered) if index % split.parts == split.part]
+
+
+def load_examples(evaluation: EvaluationConfig) -> list[EvalExample]:
+    """The configured items: the eval set or the built suite, then the split part, then max_examples."""
+    if evaluation.suite is not None:
+        from slmflow.evaluation.suites import build_suite
+
+        examples = build_suite(evaluation.suite)
+    else:
+        examples = load_eval_set(evaluation.eval_set)
+    questions = [e.question for e in examples]
+    if len(set(questions)) != len(questions):
+        raise ConfigError("evaluation: the eval items repeat a question; each item must be asked once")
+    if evaluation.split is not None:
+        examples = split_part(examples, evaluation.split)
+    return examples[: evaluation.max_examples] if evaluation.max_examples else examples
+
+
+def examples_digest(examples: Sequence[EvalExample]) -> str:
+    """The eval items' version: a digest of every question, answer key and skill, in order."""
+    rows = [
+        [list(e.messages), e.reference, e.key.answer, e.key.kind, e.key.aliases, e.key.rivals, e.key.tolerance, e.skill]
+        for e in examples
+    ]
+    return hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
+
+
+def eval_set_name(evaluation: EvaluationConfig) -> str:
+    """What the UI calls the eval items: the file's name, or `suite-<skills>`."""
+    if evaluation.suite is not None:
+        return "suite-" + "-".join(evaluation.suite.skills)
+    return evaluation.eval_set.stem
+
+
+def eval_dataset(examples: list[EvalExample], evaluation: EvaluationConfig) -> Any:
+    """The examples as an MLflow dataset named after the eval set, so runs and model metrics point at it."""
     import mlflow
     import pandas as pd
 
     frame = pd.DataFrame(
-        {"messages": [json.dumps(e.messages) for e in examples], "reference": [e.reference for e in examples]}
+        {
+            "messages": [json.dumps(e.messages) for e in examples],
+            "reference": [e.reference for e in examples],
+            "answer": [e.answer for e in examples],
+            "skill": [e.skill for e in examples],
+        }
     )
-    return mlflow.data.from_pandas(frame, source=str(eval_set), name=eval_set.stem)
+    source = str(evaluation.eval_set) if evaluation.eval_set else f"slmflow:suite@{examples_digest(examples)[:12]}"
+    return mlflow.data.from_pandas(frame, source=source, name=eval_set_name(evaluation))

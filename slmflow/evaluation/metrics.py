@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import re
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from slmflow.chat.response import answer_text, single_prediction
+from slmflow.evaluation.answers import normalize, reads_correct
 from slmflow.evaluation.dataset import EvalExample
-
-
-def normalize(text: str) -> str:
-    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
 
 
 def exact_match(prediction: str, reference: str) -> bool:
@@ -21,6 +17,7 @@ def exact_match(prediction: str, reference: str) -> bool:
 
 
 def contains_answer(prediction: str, answer: str) -> bool:
+    """Word-bounded substring test: a quick check for a known answer, blind to rivals (use reads_correct)."""
     return f" {normalize(answer)} " in f" {normalize(prediction)} "
 
 
@@ -92,7 +89,7 @@ def score_example(example: EvalExample, prediction: Any, latency_s: float) -> Ex
         answer=text,
         latency_s=latency_s,
         completion_tokens=completion_tokens(prediction),
-        correct=contains_answer(text, example.answer),
+        correct=reads_correct(text, example.key, example.question),
         exact=exact_match(text, example.reference),
         rouge_l=rouge_l(text, example.reference),
     )

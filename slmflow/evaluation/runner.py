@@ -17,6 +17,7 @@ from slmflow.evaluation.dataset import EvalExample
 from slmflow.evaluation.metrics import ExampleResult, ModelReport, score_example
 
 TTFT_SAMPLE = 8  # examples per model timed again through predict_stream for time to first token
+WARM_UP = 4  # items answered before a model's expected time is printed
 
 
 def evaluate_loaded_model(
@@ -24,25 +25,39 @@ def evaluate_loaded_model(
     examples: Sequence[EvalExample],
     predict_stream: Callable[[dict], Any] | None = None,
     progress: str | None = None,
+    max_tokens: int | None = None,
 ) -> tuple[list[ExampleResult], list[float]]:
     """Answer every example one request at a time; time a sample again through streaming."""
     from tqdm import tqdm
 
+    def request(example: EvalExample) -> dict[str, Any]:
+        return {"messages": list(example.messages), **({"max_tokens": max_tokens} if max_tokens else {})}
+
     results = []
-    for example in tqdm(examples, desc=progress, disable=progress is None):
-        request = {"messages": list(example.messages)}
+    for index, example in enumerate(tqdm(examples, desc=progress, disable=progress is None), start=1):
         started = time.perf_counter()
-        prediction = predict(request)
+        prediction = predict(request(example))
         results.append(score_example(example, prediction, time.perf_counter() - started))
+        if progress is not None and index == min(WARM_UP, len(examples)):
+            print(f"{progress}: {expected_time(results, len(examples))}", flush=True)
     ttft = []
     if predict_stream is not None:
         for example in examples[:TTFT_SAMPLE]:
             started = time.perf_counter()
-            for chunk in predict_stream({"messages": list(example.messages)}):
+            for chunk in predict_stream(request(example)):
                 if _has_text(chunk):
                     ttft.append(time.perf_counter() - started)
                     break
     return results, ttft
+
+
+def expected_time(done: Sequence[ExampleResult], total: int) -> str:
+    """The time the remaining items should take at the rate of the first ones, for a person waiting."""
+    spent = sum(r.latency_s for r in done)
+    return (
+        f"{len(done)} items in {spent:.1f} s; expecting about {spent / len(done) * total:.0f} s for all {total} "
+        f"(plus {TTFT_SAMPLE} streamed again for time to first token)"
+    )
 
 
 def _has_text(chunk: Any) -> bool:
@@ -53,14 +68,16 @@ def _has_text(chunk: Any) -> bool:
     return False
 
 
-def _evaluate_in_this_process(name: str, model_uri: str, examples: list[EvalExample]) -> ModelReport:
+def _evaluate_in_this_process(
+    name: str, model_uri: str, examples: list[EvalExample], max_tokens: int | None
+) -> ModelReport:
     import mlflow
 
     started = time.perf_counter()
     model = mlflow.pyfunc.load_model(model_uri)
     load_seconds = time.perf_counter() - started
     stream = model.predict_stream if _supports_streaming(model) else None
-    results, ttft = evaluate_loaded_model(model.predict, examples, stream, progress=name)
+    results, ttft = evaluate_loaded_model(model.predict, examples, stream, progress=name, max_tokens=max_tokens)
     return ModelReport(
         name=name,
         model_uri=model_uri,
@@ -109,8 +126,10 @@ def model_size_mb(model_uri: str) -> float:
     return size() / 2**20
 
 
-def evaluate_model(name: str, model_uri: str, examples: list[EvalExample]) -> ModelReport:
+def evaluate_model(
+    name: str, model_uri: str, examples: list[EvalExample], max_tokens: int | None = None
+) -> ModelReport:
     """Evaluate one model in a fresh process, so load time and peak RSS belong to it alone."""
     context = multiprocessing.get_context("spawn")
     with context.Pool(1) as pool:
-        return pool.apply(_evaluate_in_this_process, (name, model_uri, examples))
+        return pool.apply(_evaluate_in_this_process, (name, model_uri, examples, max_tokens))

@@ -103,11 +103,16 @@ STEPS: dict[str, StepContract] = {
         ),
         StepContract(
             "evaluate",
-            "Measure both logged chat models on the same eval set: quality and speed.",
+            "Measure both logged chat models and the champion on the same eval items: quality, speed, paired gaps.",
             (
                 CONFIG,
                 Parameter("onnx_model_uri", "models:/ URI of the onnx-chat model"),
                 Parameter("transformers_model_uri", "models:/ URI of the transformers-chat model"),
+                Parameter(
+                    "champion_model_uri",
+                    "models:/<name>/<version> of the champion to measure on the same items, or none",
+                    "none",
+                ),
             ),
             sections=("evaluation",),
         ),

@@ -30,6 +30,8 @@ from slmflow.pipeline.step import (
     CACHE_KEY_ENV,
     set_outputs,
 )
+from slmflow.registry.aliases import CHAMPION, aliased_version
+from slmflow.registry.registrar import champion_model_uri
 
 
 def code_hash(entry_points: tuple[str, ...], project_dir: Path = PROJECT_DIR) -> str:
@@ -155,6 +157,15 @@ class StepRunner:
         )
 
 
+def champion_to_measure(model_name: str, candidate_uris: list[str]) -> Handoff:
+    """The champion version for evaluate to measure beside the candidates; none when there is no champion or
+    when it is one of the candidates (already measured: a re-run with nothing changed reuses evaluate)."""
+    version = aliased_version(MlflowClient(), model_name, CHAMPION)
+    if version is None or champion_model_uri(version) in candidate_uris:
+        return Handoff(tags.NO_CHAMPION, tags.NO_CHAMPION)
+    return Handoff(f"models:/{model_name}/{version.version}", champion_model_uri(version))
+
+
 def run_pipeline(config: PipelineConfig, config_arg: str, use_cache: bool, settings: Settings) -> dict[str, str]:
     """fetch_model -> log_onnx_wrapper / log_transformers_pipeline -> evaluate -> register."""
     runner = StepRunner(config, use_cache)
@@ -166,14 +177,12 @@ def run_pipeline(config: PipelineConfig, config_arg: str, use_cache: bool, setti
     transformers = runner.run(
         "log_transformers_pipeline", {"config": config_arg, "checkpoint_uri": fetched.output("checkpoint_uri")}
     )
-    evaluated = runner.run(
-        "evaluate",
-        {
-            "config": config_arg,
-            "onnx_model_uri": onnx.output("model_uri"),
-            "transformers_model_uri": transformers.output("model_uri"),
-        },
-    )
+    candidates = {
+        "onnx_model_uri": onnx.output("model_uri"),
+        "transformers_model_uri": transformers.output("model_uri"),
+    }
+    champion = champion_to_measure(config.registry.model_name, [c.value for c in candidates.values()])
+    evaluated = runner.run("evaluate", {"config": config_arg, **candidates, "champion_model_uri": champion})
     registered = runner.run(
         "register",
         {

@@ -14,6 +14,8 @@ from slmflow.evaluation.reporting import PLOTS_DIR
 
 SUMMARY_METRICS = (
     "accuracy",
+    "accuracy_ci_low",
+    "accuracy_ci_high",
     "exact_match",
     "rouge_l",
     "tokens_per_second",
@@ -55,6 +57,23 @@ def metrics_table(metrics_by_model: Mapping[str, Mapping[str, float]]) -> str:
     return "\n".join(lines)
 
 
+def _with_interval(comparisons: Mapping[str, float], name: str) -> str:
+    return f"{comparisons[name]:+.3f} [{comparisons[name + '_ci_low']:+.3f}, {comparisons[name + '_ci_high']:+.3f}]"
+
+
+def comparisons_table(comparisons: Mapping[str, float]) -> str:
+    """The paired comparisons (`<pair>/<statistic>`): accuracy difference and latency ratio with intervals."""
+    lines = [
+        "| paired comparison | accuracy difference [interval] | McNemar p | median latency ratio [interval] |",
+        "|---|---|---|---|",
+    ]
+    for pair in sorted({key.split("/")[0] for key in comparisons}):
+        accuracy = _with_interval(comparisons, f"{pair}/accuracy")
+        latency = _with_interval(comparisons, f"{pair}/latency_ratio")
+        lines.append(f"| {pair} | {accuracy} | {comparisons[f'{pair}/mcnemar_p']:.3g} | {latency} |")
+    return "\n".join(lines)
+
+
 def summary_markdown(
     title: str,
     metrics_by_model: Mapping[str, Mapping[str, float]],
@@ -63,8 +82,12 @@ def summary_markdown(
 ) -> str:
     """The parent run's note: the decision and why, the key metrics side by side, the steps."""
     parts = [f"## {title}", decision]
-    if metrics_by_model:
-        parts.append(metrics_table(metrics_by_model))
+    comparisons = metrics_by_model.get(tags.DELTA_PREFIX.rstrip("/"), {})
+    models = {name: metrics for name, metrics in metrics_by_model.items() if metrics is not comparisons}
+    if models:
+        parts.append(metrics_table(models))
+    if comparisons:
+        parts.append(comparisons_table(comparisons))
     if steps:
         states = (f"{step} ({'reused' if reused else 'ran'})" for step, reused in steps.items())
         parts.append("Steps: " + ", ".join(states))

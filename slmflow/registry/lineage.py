@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 from slmflow import tags
 from slmflow.code import module_digest
 from slmflow.config import PipelineConfig
+from slmflow.evaluation.dataset import eval_set_name
+from slmflow.registry.registrar import Evaluation
 from slmflow.registry.rules import Candidate, choose_candidate, explain_choice
 
 # The module that logs each flavor: its import closure is the code a registered version of that flavor runs.
@@ -43,15 +43,14 @@ def registration_tags(config: PipelineConfig, candidate: Candidate, evaluate_run
     }
 
 
-def registration_description(
-    config: PipelineConfig, candidates: Mapping[str, Candidate], source_revision: str, evaluate_run_id: str
-) -> str:
+def registration_description(config: PipelineConfig, evaluation: Evaluation, source_revision: str) -> str:
     """Where the version comes from and why it was chosen over the other flavor, with the numbers."""
-    chosen = choose_candidate(candidates, config.registry.selection)
+    gap = evaluation.onnx_vs_transformers()
+    chosen = choose_candidate(evaluation.candidates, config.registry.selection, gap)
     return (
         f"{chosen.flavor} chat model from {_source_label(config)} at revision {source_revision}, "
-        f"evaluated on {config.evaluation.eval_set.name} (evaluate run {evaluate_run_id}).\n\n"
-        + explain_choice(candidates, config.registry.selection)
+        f"evaluated on {eval_set_name(config.evaluation)} (evaluate run {evaluation.run_id}).\n\n"
+        + explain_choice(evaluation.candidates, config.registry.selection, gap)
     )
 
 

@@ -13,8 +13,32 @@ from mlflow.tracking import MlflowClient
 from slmflow import tags
 from slmflow.config import RegistryConfig
 from slmflow.errors import GateFailedError
+from slmflow.evaluation.statistics import Interval
 from slmflow.registry.aliases import CHALLENGER, CHAMPION, PREVIOUS_CHAMPION, aliased_version, registry_error
-from slmflow.registry.rules import Candidate, gate_failures, gates_summary
+from slmflow.registry.rules import (
+    Candidate,
+    GateResult,
+    champion_evidence,
+    gate_failures,
+    gate_results,
+    gates_summary,
+    paired_interval,
+)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What an evaluate run measured: the candidates, the paired comparisons, and the champion it measured."""
+
+    run_id: str
+    candidates: dict[str, Candidate]
+    comparisons: dict[str, float]  # `<pair>/<statistic>`, from the run's `delta/...` metrics
+    measured_champion: str | None
+    champion_error: str | None
+    confidence: float
+
+    def onnx_vs_transformers(self) -> Interval | None:
+        return paired_interval(self.comparisons, tags.ONNX_VS_TRANSFORMERS, "accuracy", self.confidence)
 
 
 @dataclass
@@ -58,10 +82,33 @@ class Registrar:
         same = [v for v in versions if all(v.tags.get(key) == identity[key] for key in tags.IDENTITY)]
         return sorted(same, key=lambda v: int(v.version))
 
+    def _evidence(self, champion: ModelVersion | None, candidate: Candidate, evaluation: Evaluation | None):
+        if champion is None:
+            return None
+        evaluation = evaluation or Evaluation("", {candidate.flavor: candidate}, {}, None, "no paired evaluation", 0.95)
+        return champion_evidence(
+            str(champion.version),
+            champion_model_uri(champion),
+            self.recorded_metrics(champion),
+            candidate,
+            evaluation.candidates,
+            evaluation.comparisons,
+            evaluation.measured_champion,
+            evaluation.champion_error,
+            evaluation.confidence,
+        )
+
     def register(
-        self, candidate: Candidate, identity: Mapping[str, str], lineage: Mapping[str, str], description: str
+        self,
+        candidate: Candidate,
+        identity: Mapping[str, str],
+        lineage: Mapping[str, str],
+        description: str,
+        evaluation: Evaluation | None = None,
     ) -> RegistrationResult:
-        """Register and promote a candidate that passes the gates; refuse (or park) one that does not."""
+        """Register and promote a candidate that passes the gates; refuse (or park) one that does not.
+
+        Without an `evaluation` (no paired measurements), the champion gates read its recorded metrics."""
         existing = self.find_registered(identity)
         if existing is not None:
             if existing.tags.get(tags.ALIASES_SET) != "true":
@@ -69,12 +116,11 @@ class Registrar:
                 return self._settle(existing, passed=existing.tags.get("gates") == "passed", created=False)
             return RegistrationResult(existing, created=False, promoted=False)
         champion = self.champion()
-        failures = gate_failures(
-            candidate.metrics, self.config.gates, self.recorded_metrics(champion) if champion else None
-        )
+        results = gate_results(candidate, self.config.gates, self._evidence(champion, candidate, evaluation))
+        failures = gate_failures(results)
         if failures and not self.config.register_on_gate_failure:
             raise GateFailedError(self._refusal(candidate, failures, None, champion))
-        version = self._create_version(candidate, identity, lineage, description, failures)
+        version = self._create_version(candidate, identity, lineage, description, results)
         first = self._versions_with(identity)[0]
         if first.version != version.version:
             # A concurrent run registered the same identity first: keep its version, withdraw ours.
@@ -100,19 +146,24 @@ class Registrar:
         self.client.set_model_version_tag(name, version.version, tags.ALIASES_SET, "true")
         return RegistrationResult(self.client.get_model_version(name, version.version), created, promoted=passed)
 
-    def _create_version(self, candidate, identity, lineage, description, failures) -> ModelVersion:
+    def _create_version(
+        self, candidate: Candidate, identity, lineage, description: str, results: list[GateResult]
+    ) -> ModelVersion:
         import mlflow
 
+        failures = gate_failures(results)
         all_tags = {**lineage, **identity, tags.FLAVOR: candidate.flavor}
         all_tags.update({tags.METRIC_PREFIX + k: repr(float(v)) for k, v in candidate.metrics.items()})
+        all_tags.update({tags.GATE_PREFIX + r.name: f"{'passed' if r.passed else 'failed'}: {r.text}" for r in results})
         all_tags["gates"] = "failed: " + "; ".join(failures) if failures else "passed"
         all_tags[tags.DECISION] = "parked as challenger" if failures else "promoted to champion"
         self._describe_registered_model()
         version = mlflow.register_model(candidate.model_uri, self.config.model_name, tags=all_tags)
+        lines = "\n".join(f"- {'passed' if r.passed else 'FAILED'}: {r.text}" for r in results)
         outcome = (
-            f"Gates failed: {'; '.join(failures)}. Parked as `{CHALLENGER}`; `{CHAMPION}` did not move."
+            f"Gates failed:\n{lines}\n\nParked as `{CHALLENGER}`; `{CHAMPION}` did not move."
             if failures
-            else f"Gates passed ({gates_summary(self.config.gates)}). Promoted to `{CHAMPION}`."
+            else f"Gates passed ({gates_summary(self.config.gates)}):\n{lines}\n\nPromoted to `{CHAMPION}`."
         )
         self.client.update_model_version(
             self.config.model_name, version.version, description=f"{description}\n\n{outcome}"
@@ -174,6 +225,28 @@ def registered_model_description(name: str) -> str:
         f"- `{PREVIOUS_CHAMPION}`: the champion before the last move.\n\n"
         f"Serve `models:/{name}@{CHAMPION}`. Roll back with `python -m slmflow.registry rollback {name}`, "
         f"which swaps `{CHAMPION}` and `{PREVIOUS_CHAMPION}`."
+    )
+
+
+def champion_model_uri(version: ModelVersion) -> str:
+    """The logged model a registered version was made from (`models:/<model_id>`)."""
+    return version.tags.get("model_uri") or version.source
+
+
+def evaluation_from_run(run, confidence: float) -> Evaluation:
+    """The evaluate run's candidates, paired comparisons and champion measurement."""
+    comparisons = {
+        key.removeprefix(tags.DELTA_PREFIX): value
+        for key, value in run.data.metrics.items()
+        if key.startswith(tags.DELTA_PREFIX)
+    }
+    return Evaluation(
+        run.info.run_id,
+        candidates_from_evaluation(run),
+        comparisons,
+        run.data.tags.get(tags.CHAMPION_MEASURED),
+        run.data.tags.get(tags.CHAMPION_ERROR),
+        confidence,
     )
 
 

@@ -1,4 +1,10 @@
-"""The registry's decisions as pure rules: which candidate to pick, and which gates it misses."""
+"""The registry's decisions as pure rules: which candidate to pick, and which gates it misses.
+
+Comparisons between models are paired (measured on the same items in the same run) and read as
+intervals: a candidate is not worse than the champion when the whole interval on candidate - champion
+accuracy lies above -max_accuracy_regression (non-inferiority). When the champion could not be
+measured in the run, the gates fall back to its recorded metrics and say so.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from slmflow import tags
-from slmflow.config import Gates, SelectionRule
+from slmflow.config import Gates, PipelineConfig, SelectionRule
+from slmflow.errors import ConfigError
+from slmflow.evaluation.statistics import Interval, items_needed
 
 Metrics = Mapping[str, float]
 
@@ -18,64 +26,203 @@ class Candidate:
     metrics: Metrics
 
 
-def choose_candidate(candidates: Mapping[str, Candidate], rule: SelectionRule) -> Candidate:
-    """Highest accuracy, ties broken by tokens/s; or the ONNX model when within the configured margin."""
-    best = max(candidates.values(), key=lambda c: (c.metrics["accuracy"], c.metrics["tokens_per_second"]))
+def paired_interval(comparisons: Metrics, pair: str, statistic: str, confidence: float) -> Interval | None:
+    """`delta/<pair>/<statistic>` with its `_ci_low` and `_ci_high`, as the evaluate run logged them."""
+    name = f"{pair}/{statistic}"
+    if name not in comparisons:
+        return None
+    return Interval(comparisons[name], comparisons[f"{name}_ci_low"], comparisons[f"{name}_ci_high"], confidence)
+
+
+def _best(candidates: Mapping[str, Candidate]) -> Candidate:
+    return max(candidates.values(), key=lambda c: (c.metrics["accuracy"], c.metrics["tokens_per_second"]))
+
+
+def onnx_non_inferior(onnx_vs_transformers: Interval, rule: SelectionRule) -> bool:
+    """The ONNX model is at most onnx_accuracy_margin less accurate, at the interval's confidence."""
+    return onnx_vs_transformers.low > -rule.onnx_accuracy_margin
+
+
+def choose_candidate(
+    candidates: Mapping[str, Candidate], rule: SelectionRule, onnx_vs_transformers: Interval | None
+) -> Candidate:
+    """Highest accuracy, ties broken by tokens/s; with prefer_onnx, the ONNX model when it is non-inferior."""
     onnx = candidates.get(tags.ONNX_MODEL_NAME)
-    within_margin = (
-        onnx is not None and onnx.metrics["accuracy"] >= best.metrics["accuracy"] - rule.onnx_accuracy_margin
-    )
-    return onnx if rule.rule == "prefer_onnx" and within_margin else best
+    preferred = rule.rule == "prefer_onnx" and onnx is not None and onnx_vs_transformers is not None
+    if preferred and onnx_non_inferior(onnx_vs_transformers, rule):
+        return onnx
+    return _best(candidates)
 
 
-def explain_choice(candidates: Mapping[str, Candidate], rule: SelectionRule) -> str:
-    """Why `choose_candidate` picks what it picks, naming each candidate's accuracy and speed, for a person."""
-    chosen = choose_candidate(candidates, rule)
+def explain_choice(
+    candidates: Mapping[str, Candidate], rule: SelectionRule, onnx_vs_transformers: Interval | None
+) -> str:
+    """Why `choose_candidate` picks what it picks, naming each candidate's accuracy, speed and the paired gap."""
+    chosen = choose_candidate(candidates, rule, onnx_vs_transformers)
     measured = "; ".join(
         f"{c.flavor}: accuracy {c.metrics['accuracy']:.3f}, {c.metrics['tokens_per_second']:.1f} tokens/s"
         for c in candidates.values()
     )
-    best = max(candidates.values(), key=lambda c: (c.metrics["accuracy"], c.metrics["tokens_per_second"]))
-    if rule.rule == "prefer_onnx" and chosen.flavor == tags.ONNX_MODEL_NAME and best is not chosen:
-        why = f"the ONNX model is within the accuracy margin {rule.onnx_accuracy_margin:.2f} of {best.flavor}"
-    elif rule.rule == "prefer_onnx" and chosen.flavor == tags.ONNX_MODEL_NAME:
-        why = "the ONNX model is preferred and is also the most accurate"
+    gap = f"onnx - transformers accuracy {onnx_vs_transformers}" if onnx_vs_transformers else ""
+    if rule.rule == "prefer_onnx" and chosen.flavor == tags.ONNX_MODEL_NAME:
+        why = f"the ONNX model is non-inferior: {gap} lies above -{rule.onnx_accuracy_margin:.2f}"
+    elif rule.rule == "prefer_onnx" and onnx_vs_transformers is not None:
+        why = (
+            f"the ONNX model is not shown non-inferior ({gap} reaches -{rule.onnx_accuracy_margin:.2f}); "
+            "highest accuracy, ties broken by tokens/s"
+        )
     else:
-        why = "highest accuracy, ties broken by tokens/s"
+        why = "highest accuracy, ties broken by tokens/s" + (f"; {gap}" if gap else "")
     return f"{chosen.flavor} chosen by rule {rule.rule}: {why} ({measured})."
 
 
-def gate_failures(metrics: Metrics, gates: Gates, champion: Metrics | None) -> list[str]:
-    """Every gate the candidate misses, each naming the numbers."""
-    failures = []
-    if metrics["accuracy"] < gates.min_accuracy:
-        failures.append(f"accuracy {metrics['accuracy']:.3f} < min_accuracy {gates.min_accuracy:.3f}")
-    if metrics["tokens_per_second"] < gates.min_tokens_per_second:
-        failures.append(
-            f"tokens_per_second {metrics['tokens_per_second']:.1f} < min_tokens_per_second "
-            f"{gates.min_tokens_per_second:.1f}"
-        )
-    if champion and "accuracy" in champion:
-        floor = champion["accuracy"] - gates.max_accuracy_regression
-        if metrics["accuracy"] < floor:
-            failures.append(
-                f"accuracy {metrics['accuracy']:.3f} regresses against the champion's "
-                f"{champion['accuracy']:.3f} by more than max_accuracy_regression {gates.max_accuracy_regression:.3f}"
+@dataclass(frozen=True)
+class ChampionEvidence:
+    """How the candidate compares with the champion: paired intervals, or (fallback) recorded metrics."""
+
+    version: str
+    how: str  # for a person: "measured in this run", "is this very model", or why it fell back
+    accuracy: Interval | None = None  # candidate - champion, paired
+    latency_ratio: Interval | None = None  # candidate / champion, paired median
+    recorded: Metrics | None = None  # the champion's metrics from its version's tags (fallback only)
+
+
+def champion_evidence(
+    version: str,
+    champion_model_uri: str,
+    recorded: Metrics,
+    candidate: Candidate,
+    candidates: Mapping[str, Candidate],
+    comparisons: Metrics,
+    measured_champion: str | None,
+    champion_error: str | None,
+    confidence: float,
+) -> ChampionEvidence:
+    """The best comparison with champion `version` that the evaluate run holds, falling back to its tags."""
+    if champion_model_uri == candidate.model_uri:
+        zero, one = Interval(0.0, 0.0, 0.0, confidence), Interval(1.0, 1.0, 1.0, confidence)
+        return ChampionEvidence(version, "is this very model", zero, one)
+    others = [c for c in candidates.values() if c.model_uri == champion_model_uri]
+    if others:  # the champion is the other flavor of this run: the onnx - transformers gap, turned as needed
+        accuracy = paired_interval(comparisons, tags.ONNX_VS_TRANSFORMERS, "accuracy", confidence)
+        latency = paired_interval(comparisons, tags.ONNX_VS_TRANSFORMERS, "latency_ratio", confidence)
+        if accuracy is not None and latency is not None:
+            if candidate.flavor != tags.ONNX_MODEL_NAME:
+                accuracy = Interval(-accuracy.estimate, -accuracy.high, -accuracy.low, confidence)
+                latency = Interval(1 / latency.estimate, 1 / latency.high, 1 / latency.low, confidence)
+            return ChampionEvidence(version, f"is the {others[0].flavor} model of this run", accuracy, latency)
+    pair = tags.versus_champion(candidate.flavor)
+    accuracy = paired_interval(comparisons, pair, "accuracy", confidence)
+    latency = paired_interval(comparisons, pair, "latency_ratio", confidence)
+    if measured_champion is not None and measured_champion.endswith(f"/{version}") and accuracy and latency:
+        return ChampionEvidence(version, "measured in this run on the same items", accuracy, latency)
+    why = champion_error or f"version {version} was not measured in this run"
+    return ChampionEvidence(
+        version, f"not measured in this run ({why}); compared with its recorded metrics", recorded=recorded
+    )
+
+
+@dataclass(frozen=True)
+class GateResult:
+    name: str
+    passed: bool
+    text: str  # the statistic, its interval and the threshold, for a person
+
+
+def gate_results(candidate: Candidate, gates: Gates, champion: ChampionEvidence | None) -> list[GateResult]:
+    """Every configured gate with its verdict; the champion gates only when there is a champion."""
+    metrics = candidate.metrics
+    accuracy = (
+        f"accuracy {metrics['accuracy']:.3f} [{metrics['accuracy_ci_low']:.3f}, {metrics['accuracy_ci_high']:.3f}]"
+        if "accuracy_ci_low" in metrics
+        else f"accuracy {metrics['accuracy']:.3f}"
+    )
+    results = [
+        GateResult(
+            "min_accuracy",
+            metrics["accuracy"] >= gates.min_accuracy,
+            f"{accuracy} {'>=' if metrics['accuracy'] >= gates.min_accuracy else '<'} "
+            f"min_accuracy {gates.min_accuracy:.3f}",
+        ),
+        GateResult(
+            "min_tokens_per_second",
+            metrics["tokens_per_second"] >= gates.min_tokens_per_second,
+            f"tokens_per_second {metrics['tokens_per_second']:.1f} "
+            f"{'>=' if metrics['tokens_per_second'] >= gates.min_tokens_per_second else '<'} "
+            f"min_tokens_per_second {gates.min_tokens_per_second:.1f}",
+        ),
+    ]
+    if champion is None:
+        return results
+    against = f"against champion version {champion.version} ({champion.how})"
+    if gates.max_accuracy_regression is not None:
+        floor = -gates.max_accuracy_regression
+        if champion.accuracy is not None:
+            passed = champion.accuracy.low > floor
+            verdict = "above" if passed else "not above"
+            text = f"accuracy - champion {champion.accuracy}, lower bound {verdict} {floor:.3f}, {against}"
+        else:
+            recorded = champion.recorded.get("accuracy", 0.0) if champion.recorded else 0.0
+            passed = metrics["accuracy"] - recorded > floor
+            text = (
+                f"accuracy {metrics['accuracy']:.3f} - champion's recorded {recorded:.3f} = "
+                f"{metrics['accuracy'] - recorded:+.3f}, {'above' if passed else 'not above'} {floor:.3f}, {against}"
             )
-    if champion and gates.max_latency_regression is not None and "latency_p50_s" in champion:
-        ceiling = champion["latency_p50_s"] * (1 + gates.max_latency_regression)
-        if metrics["latency_p50_s"] > ceiling:
-            failures.append(
-                f"latency_p50_s {metrics['latency_p50_s']:.4f} exceeds the champion's "
-                f"{champion['latency_p50_s']:.4f} by more than max_latency_regression "
-                f"{gates.max_latency_regression:.2f}"
+        results.append(GateResult("max_accuracy_regression", passed, text))
+    if gates.max_latency_regression is not None:
+        ceiling = 1 + gates.max_latency_regression
+        if champion.latency_ratio is not None:
+            ratio = champion.latency_ratio
+            passed = ratio.high < ceiling
+            text = (
+                f"latency / champion median ratio {ratio.estimate:.3f} [{ratio.low:.3f}, {ratio.high:.3f}] "
+                f"({ratio.confidence:.0%}), upper bound {'below' if passed else 'not below'} {ceiling:.3f}, {against}"
             )
-    return failures
+        else:
+            recorded = champion.recorded.get("latency_p50_s") if champion.recorded else None
+            passed = recorded is None or metrics["latency_p50_s"] < recorded * ceiling
+            text = (
+                f"latency_p50_s {metrics['latency_p50_s']:.4f} against the champion's recorded "
+                f"{recorded if recorded is not None else float('nan'):.4f} x {ceiling:.3f}, {against}"
+            )
+        results.append(GateResult("max_latency_regression", passed, text))
+    return results
+
+
+def gate_failures(results: list[GateResult]) -> list[str]:
+    return [result.text for result in results if not result.passed]
 
 
 def gates_summary(gates: Gates) -> str:
     parts = [f"min_accuracy {gates.min_accuracy:.2f}", f"min_tokens_per_second {gates.min_tokens_per_second:g}"]
-    parts.append(f"max_accuracy_regression {gates.max_accuracy_regression:.2f}")
+    if gates.max_accuracy_regression is not None:
+        parts.append(f"max_accuracy_regression {gates.max_accuracy_regression:.2f} (paired lower bound)")
     if gates.max_latency_regression is not None:
-        parts.append(f"max_latency_regression {gates.max_latency_regression:.2f}")
+        parts.append(f"max_latency_regression {gates.max_latency_regression:.2f} (paired upper bound)")
     return ", ".join(parts)
+
+
+def margin_problems(config: PipelineConfig, items: int) -> list[str]:
+    """Each configured margin the eval items are too few to resolve, saying how many it needs."""
+    evaluation = config.evaluation
+    margins = {}
+    if config.registry.gates.max_accuracy_regression is not None:
+        margins["registry.gates.max_accuracy_regression"] = config.registry.gates.max_accuracy_regression
+    if config.registry.selection.rule == "prefer_onnx":
+        margins["registry.selection.onnx_accuracy_margin"] = config.registry.selection.onnx_accuracy_margin
+    problems = []
+    for name, margin in margins.items():
+        needed = items_needed(margin, evaluation.confidence, evaluation.assumed_discordance)
+        if items < needed:
+            problems.append(
+                f"{name} {margin:g} needs at least {needed} eval items at confidence {evaluation.confidence:g} "
+                f"(evaluation.assumed_discordance {evaluation.assumed_discordance:g}); the eval items are {items}: "
+                "add items or widen the margin"
+            )
+    return problems
+
+
+def check_margins_resolvable(config: PipelineConfig, items: int) -> None:
+    problems = margin_problems(config, items)
+    if problems:
+        raise ConfigError("; ".join(problems))

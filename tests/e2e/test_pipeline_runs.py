@@ -348,7 +348,7 @@ def test_two_runs_started_together_register_one_version(first_run, team, checkou
 @pytest.mark.timeout(1800)
 def test_a_run_killed_during_evaluate_is_finished_by_the_next(first_run, team, checkout, tmp_path):
     name = "tiny-phi3-killed"
-    config = variant_config(tmp_path, evaluation={"max_examples": 6}, registry={"model_name": name})
+    config = variant_config(tmp_path, evaluation={"max_examples": 16}, registry={"model_name": name})  # 15 resolve 0.2
     command = team.command(str(checkout), config)
     started = time.time()
     job = subprocess.Popen(

@@ -9,10 +9,26 @@ from testkit.processes import PROJECT_DIR
 
 
 @pytest.mark.parametrize("name", ["tiny.yaml", "phi3-mini-4k-instruct.yaml"])
-def test_shipped_configs_load_and_their_eval_sets_exist(name):
+def test_shipped_configs_load_and_their_eval_items_resolve_their_margins(name):
+    from slmflow.evaluation.dataset import load_examples
+    from slmflow.registry.rules import margin_problems
+
     config = load_config(PROJECT_DIR / "configs" / name)
-    assert config.evaluation.eval_set.is_file()
+    assert margin_problems(config, len(load_examples(config.evaluation))) == []
     assert config.source.trust_remote_code is False
+
+
+def test_eval_items_come_from_one_place_and_a_split_part_must_exist(tmp_path):
+    base = {"source": {"model": "builtin:tiny-phi3"}, "registry": {"model_name": "m"}}
+    both = {**base, "evaluation": {"eval_set": "eval.jsonl", "suite": {"skills": {"facts": None}}}}
+    with pytest.raises(ConfigError, match="give either eval_set .* or suite, not both or neither"):
+        load_config(write(tmp_path, both))
+    split = {**base, "evaluation": {"suite": {"skills": {"facts": None}}, "split": {"parts": 2, "part": 2}}}
+    with pytest.raises(ConfigError, match="split.part: 2 is not one of the 2 parts"):
+        load_config(write(tmp_path, split))
+    unknown = {**base, "evaluation": {"suite": {"skills": {"poetry": 10}}}}
+    with pytest.raises(ConfigError, match="evaluation.suite.skills.poetry"):
+        load_config(write(tmp_path, unknown))
 
 
 def test_default_config_pins_a_full_commit_of_phi3():

@@ -1,5 +1,6 @@
 import pytest
 
+from slmflow.evaluation.answers import AnswerKey
 from slmflow.evaluation.dataset import EvalExample
 from slmflow.evaluation.metrics import (
     ExampleResult,
@@ -41,7 +42,12 @@ def test_report_metrics_and_agreement():
 
 
 def test_a_chat_completion_is_scored_against_the_example():
-    example = EvalExample(({"role": "user", "content": "Capital of Peru?"},), "The capital of Peru is Lima.", "Lima")
+    example = EvalExample(
+        ({"role": "user", "content": "Capital of Peru?"},),
+        "The capital of Peru is Lima.",
+        AnswerKey("Lima"),
+        "capitals",
+    )
     completion = {
         "choices": [{"message": {"role": "assistant", "content": "The capital of Peru is Lima."}}],
         "usage": {"completion_tokens": 9},

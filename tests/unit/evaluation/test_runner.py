@@ -4,16 +4,22 @@ from pathlib import Path
 import mlflow
 import pytest
 
+from slmflow.evaluation.answers import AnswerKey
 from slmflow.evaluation.dataset import EvalExample
 from slmflow.evaluation.runner import evaluate_loaded_model, evaluate_model, model_size_mb, peak_rss_mb
 
 SPAIN = EvalExample(
-    ({"role": "user", "content": "What is the capital of Spain?"},), "The capital of Spain is Madrid.", "Madrid"
+    ({"role": "user", "content": "What is the capital of Spain?"},),
+    "The capital of Spain is Madrid.",
+    AnswerKey("Madrid"),
+    "capitals",
 )
 
 
 def test_evaluate_loaded_model_scores_each_example_and_times_streams(onnx_pyfunc):
-    wrong = EvalExample(({"role": "user", "content": "What is the capital of Peru?"},), "It is Rome.", "Rome")
+    wrong = EvalExample(
+        ({"role": "user", "content": "What is the capital of Peru?"},), "It is Rome.", AnswerKey("Rome"), "capitals"
+    )
     results, ttft = evaluate_loaded_model(onnx_pyfunc.predict, [SPAIN, wrong], onnx_pyfunc.predict_stream)
     assert [r.correct for r in results] == [True, False]
     assert results[0].exact and results[0].completion_tokens > 0
@@ -46,3 +52,9 @@ def test_model_size_is_read_from_the_artifact_listing(logged_models):
     local = Path(mlflow.artifacts.download_artifacts(uri))
     on_disk = sum(p.stat().st_size for p in local.rglob("*") if p.is_file()) / 2**20
     assert model_size_mb(uri) == pytest.approx(on_disk, rel=0.01)
+
+
+def test_an_eval_request_can_bound_its_answer_tokens(onnx_pyfunc):
+    [bounded], _ = evaluate_loaded_model(onnx_pyfunc.predict, [SPAIN], max_tokens=2)
+    [free], _ = evaluate_loaded_model(onnx_pyfunc.predict, [SPAIN])
+    assert bounded.completion_tokens == 2 < free.completion_tokens

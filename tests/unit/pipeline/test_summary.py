@@ -28,6 +28,21 @@ def test_metrics_sit_side_by_side_and_missing_ones_stay_blank():
     ]
 
 
+def test_paired_comparisons_get_their_own_table_with_intervals():
+    delta = {
+        "onnx_vs_transformers/accuracy": -0.02,
+        "onnx_vs_transformers/accuracy_ci_low": -0.05,
+        "onnx_vs_transformers/accuracy_ci_high": 0.01,
+        "onnx_vs_transformers/mcnemar_p": 0.42,
+        "onnx_vs_transformers/latency_ratio": 0.2,
+        "onnx_vs_transformers/latency_ratio_ci_low": 0.18,
+        "onnx_vs_transformers/latency_ratio_ci_high": 0.22,
+    }
+    note = summary_markdown("pipeline x", {"onnx-chat": {"accuracy": 0.9}, "delta": delta}, "ok", {})
+    assert "| onnx_vs_transformers | -0.020 [-0.050, +0.010] | 0.42 | +0.200 [+0.180, +0.220] |" in note
+    assert "| metric | onnx-chat |" in note and "| metric | onnx-chat | delta |" not in note
+
+
 def test_a_failed_pipeline_says_nothing_was_promoted():
     note = summary_markdown("pipeline x", {}, "**Nothing promoted:** gates failed", {"fetch_model": True})
     assert note == "## pipeline x\n\n**Nothing promoted:** gates failed\n\nSteps: fetch_model (reused)"

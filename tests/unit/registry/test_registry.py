@@ -6,11 +6,11 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, PERMISSION_DENIED, RESOURCE_DOES_NOT_EXIST
 from mlflow.tracking import MlflowClient
 
-from slmflow.config import Gates, RegistryConfig, SelectionRule
+from slmflow.config import Gates, RegistryConfig
 from slmflow.errors import GateFailedError, RegistryError, RollbackError
 from slmflow.registry.aliases import aliased_version, rollback
-from slmflow.registry.registrar import Registrar, candidates_from_evaluation
-from slmflow.registry.rules import Candidate, choose_candidate, explain_choice, gate_failures
+from slmflow.registry.registrar import Evaluation, Registrar, candidates_from_evaluation
+from slmflow.registry.rules import Candidate
 from testkit.processes import PROJECT_DIR, run_command
 
 GOOD = {"accuracy": 0.95, "tokens_per_second": 300.0, "latency_p50_s": 0.05}
@@ -25,48 +25,7 @@ def candidates(onnx_accuracy=0.9, transformers_accuracy=0.95):
     }
 
 
-def test_best_accuracy_rule_and_tie_break_by_speed():
-    assert choose_candidate(candidates(0.9, 0.95), SelectionRule()).flavor == "transformers-chat"
-    assert choose_candidate(candidates(0.95, 0.95), SelectionRule()).flavor == "onnx-chat"
-
-
-def test_prefer_onnx_within_margin_only():
-    rule = SelectionRule(rule="prefer_onnx", onnx_accuracy_margin=0.05)
-    assert choose_candidate(candidates(0.91, 0.95), rule).flavor == "onnx-chat"
-    assert choose_candidate(candidates(0.80, 0.95), rule).flavor == "transformers-chat"
-
-
-def test_the_choice_is_explained_with_the_numbers():
-    rule = SelectionRule(rule="prefer_onnx", onnx_accuracy_margin=0.05)
-    assert explain_choice(candidates(0.91, 0.95), rule) == (
-        "onnx-chat chosen by rule prefer_onnx: the ONNX model is within the accuracy margin 0.05 of "
-        "transformers-chat (onnx-chat: accuracy 0.910, 300.0 tokens/s; transformers-chat: accuracy 0.950, "
-        "50.0 tokens/s)."
-    )
-    assert "the ONNX model is preferred and is also the most accurate" in explain_choice(candidates(1, 0.95), rule)
-    assert explain_choice(candidates(0.80, 0.95), rule).startswith(
-        "transformers-chat chosen by rule prefer_onnx: highest accuracy, ties broken by tokens/s"
-    )
-
-
-def test_gates_name_the_numbers():
-    gates = Gates(min_accuracy=0.8, min_tokens_per_second=500, max_accuracy_regression=0.05, max_latency_regression=0.5)
-    failures = gate_failures(
-        {"accuracy": 0.5, "tokens_per_second": 10.0, "latency_p50_s": 1.0},
-        gates,
-        champion={"accuracy": 0.9, "latency_p50_s": 0.1},
-    )
-    assert failures == [
-        "accuracy 0.500 < min_accuracy 0.800",
-        "tokens_per_second 10.0 < min_tokens_per_second 500.0",
-        "accuracy 0.500 regresses against the champion's 0.900 by more than max_accuracy_regression 0.050",
-        "latency_p50_s 1.0000 exceeds the champion's 0.1000 by more than max_latency_regression 0.50",
-    ]
-    assert gate_failures(GOOD, gates.model_copy(update={"min_tokens_per_second": 0}), None) == []
-
-
-@pytest.fixture
-def logged_uri(tracking_store):
+def log_echo() -> str:
     from slmflow.flavors.common import CHAT_EXAMPLE
 
     class Echo(mlflow.pyfunc.PythonModel):
@@ -77,6 +36,11 @@ def logged_uri(tracking_store):
         return (
             f"models:/{mlflow.pyfunc.log_model(name='echo', python_model=Echo(), input_example=CHAT_EXAMPLE).model_id}"
         )
+
+
+@pytest.fixture
+def logged_uri(tracking_store):
+    return log_echo()
 
 
 def identity(revision="r1", config="c1", code="k1"):
@@ -95,6 +59,8 @@ def test_register_tags_describes_and_promotes(logged_uri):
     client = MlflowClient()
     version = client.get_model_version("reg-test", result.version.version)
     assert version.description.startswith("why\n\nGates passed (min_accuracy 0.80, ")
+    assert "- passed: accuracy 0.950 >= min_accuracy 0.800" in version.description
+    assert version.tags["gate.min_accuracy"] == "passed: accuracy 0.950 >= min_accuracy 0.800"
     assert version.description.endswith("Promoted to `champion`.")
     assert version.tags["flavor"] == "onnx-chat" and version.tags["decision"] == "promoted to champion"
     assert version.tags["source_revision"] == "r1" and version.tags["gates"] == "passed"
@@ -142,13 +108,35 @@ def test_failed_gate_registers_nothing_and_keeps_the_champion(logged_uri):
     assert client.get_model_version_by_alias("reg-test", "champion").version == first.version.version
 
 
-def test_regression_against_the_champion_is_refused(logged_uri):
+def test_a_regression_measured_against_the_champion_is_refused_with_its_interval(logged_uri):
     registrar().register(Candidate("onnx-chat", logged_uri, GOOD), identity(), {}, "d")
-    slightly_worse = {**GOOD, "accuracy": GOOD["accuracy"] - 0.1}
-    with pytest.raises(GateFailedError, match="regresses against the champion"):
-        registrar(max_accuracy_regression=0.05).register(
-            Candidate("onnx-chat", logged_uri, slightly_worse), identity("r2"), {}, "d"
-        )
+    other = Candidate("onnx-chat", log_echo(), GOOD)
+    measured = Evaluation(
+        "run-1",
+        {"onnx-chat": other},
+        {
+            "onnx-chat_vs_champion/accuracy": -0.1,
+            "onnx-chat_vs_champion/accuracy_ci_low": -0.2,
+            "onnx-chat_vs_champion/accuracy_ci_high": -0.02,
+            "onnx-chat_vs_champion/latency_ratio": 1.0,
+            "onnx-chat_vs_champion/latency_ratio_ci_low": 0.9,
+            "onnx-chat_vs_champion/latency_ratio_ci_high": 1.1,
+        },
+        measured_champion="models:/reg-test/1",
+        champion_error=None,
+        confidence=0.95,
+    )
+    with pytest.raises(GateFailedError) as refused:
+        registrar(max_accuracy_regression=0.05).register(other, identity("r2"), {}, "d", measured)
+    assert (
+        "accuracy - champion -0.100 [-0.200, -0.020] (95%), lower bound not above -0.050, against champion "
+        "version 1 (measured in this run on the same items)" in str(refused.value)
+    )
+    # The same candidate without the paired measurement: the recorded metrics, and the decision says so.
+    result = registrar(max_accuracy_regression=0.05).register(other, identity("r3"), {}, "d")
+    gate = MlflowClient().get_model_version("reg-test", result.version.version).tags["gate.max_accuracy_regression"]
+    assert gate.startswith("passed: accuracy 0.950 - champion's recorded 0.950 = +0.000")
+    assert "not measured in this run (no paired evaluation); compared with its recorded metrics" in gate
 
 
 def test_register_on_gate_failure_parks_the_version_without_promotion(logged_uri):
