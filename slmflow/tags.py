@@ -28,6 +28,10 @@ OUTPUT_PREFIX = "slmflow.output."  # a step's declared outputs, read by `main`
 CONTENT_PREFIX = "slmflow.content."  # what an output holds, for cache keys downstream
 CANDIDATE_PREFIX = "slmflow.candidate."  # on the evaluate run: each evaluated model's URI, by model name
 
+# The finetune step run (also lineage tags on a registered fine-tuned version).
+DATASET_DIGEST = "slmflow.dataset_digest"  # sha256 of the training set's file
+BASE_REVISION = "slmflow.base_revision"  # the revision of the checkpoint that was fine-tuned
+
 # The parent (`main`) run and its experiment.
 SOURCE_REVISION = "slmflow.source_revision"
 EXPERIMENT_CONFIG = "slmflow.config"
@@ -60,3 +64,4 @@ METRIC_PREFIX = "metric."
 ALIASES_SET = "aliases_set"  # a version's last write: without it, a killed job left its promotion unfinished
 FLAVOR = "flavor"
 IDENTITY = ("source_revision", "config_hash", "code_hash")  # the same three never get a second version
+DATASET_IDENTITY = "dataset_digest"  # and, for a fine-tuned version, the training set it was trained on

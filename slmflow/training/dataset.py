@@ -10,6 +10,8 @@ import json
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from slmflow.chat.request import ROLES, parse_messages, quote
 from slmflow.errors import BadRequestError, TrainingDataError
@@ -42,6 +44,31 @@ def parse_training_set(text: str, name: str) -> list[TrainingRow]:
     return rows
 
 
+def load_training_set(path: Path) -> list[TrainingRow]:
+    if not path.is_file():
+        raise TrainingDataError(f"training.dataset: file not found: {path}")
+    return parse_training_set(path.read_text(), path.name)
+
+
+def check_training_set(dataset: Path, eval_set: Path) -> list[TrainingRow]:
+    """The rows, refused when malformed or when one asks an eval question (every eval row counts)."""
+    from slmflow.evaluation.dataset import load_eval_set
+
+    rows = load_training_set(dataset)
+    examples = load_eval_set(eval_set)
+    check_leakage(rows, eval_questions(example.messages for example in examples), eval_set.name)
+    return rows
+
+
+def training_dataset(rows: Sequence[TrainingRow], path: Path, digest: str) -> Any:
+    """The rows as an MLflow dataset named after the file, known by the file's content digest."""
+    import mlflow
+    import pandas as pd
+
+    frame = pd.DataFrame({"messages": [json.dumps(row.messages) for row in rows]})
+    return mlflow.data.from_pandas(frame, source=str(path), name=path.stem, digest=digest[:16])
+
+
 def _parse_row(line: str, where: str) -> TrainingRow:
     try:
         row = json.loads(line)
@@ -63,7 +90,7 @@ def _parse_row(line: str, where: str) -> TrainingRow:
         raise TrainingDataError(f"{where}: the assistant's answer has no user turn before it")
     answer = last.get("content")
     if not isinstance(answer, str) or not answer.strip():
-        raise TrainingDataError(f"{where}: messages[{len(messages) - 1}].content: the answer must be a non-empty string")
+        raise TrainingDataError(f"{where}: messages[{len(messages) - 1}].content: the answer is empty or not a string")
     try:
         prompt = parse_messages(messages[:-1], where=where)
     except BadRequestError as error:
@@ -98,6 +125,10 @@ def check_leakage(rows: Sequence[TrainingRow], eval_questions: Iterable[str], ev
             f"training.dataset: {len(leaked)} row(s) ask a question of the eval set {eval_name}; "
             f"the first is {leaked[0].where}: {quote(first)}"
         )
+
+
+def eval_questions(messages_of_examples: Iterable[Iterable[Message]]) -> list[str]:
+    return [m["content"] for messages in messages_of_examples for m in messages if m["role"] == "user"]
 
 
 def split_held_out(
