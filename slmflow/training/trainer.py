@@ -67,10 +67,11 @@ def finetune(training: TrainingConfig, base_dir: Path, rows: Sequence[TrainingRo
         logging_steps=training.logging_steps,
         max_length=training.max_seq_length if training.truncate else None,
         completion_only_loss=training.assistant_only_loss,
-        # On CPU: TRL's bf16 default is emulated (about 15x slower here), checkpointing only costs time.
+        # On CPU: TRL's bf16 default is emulated (about 15x slower here), checkpointing only costs time
+        # (`activation_checkpointing` is transformers 5's name; TRL still defaults the old one to True).
         bf16=False,
         fp16=False,
-        gradient_checkpointing=False,
+        activation_checkpointing=False,
         use_cpu=True,
         save_strategy="no",
         eval_strategy="no",
