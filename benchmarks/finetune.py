@@ -6,7 +6,8 @@ held-out eval split, disjoint by operation and operand pair (a seeded split; the
 checks it too). Both models answer the same eval items greedily through transformers; the difference is
 paired per item, with a 95% paired bootstrap interval.
 
-`--write-suites` rewrites the two committed files from the seed.
+`--max-steps N` stops training after N steps (on a shared, overloaded machine); `--write-suites` rewrites
+the two committed files from the seed.
 """
 
 from __future__ import annotations
@@ -98,13 +99,15 @@ def main(argv: list[str]) -> None:
 
     model_dir = Path(argv[0])
     training = load_config(CONFIG).training
+    if argv[1:2] == ["--max-steps"]:
+        training = training.model_copy(update={"max_steps": int(argv[2]), "epochs": None})
     rows = check_training_set(training.dataset, EVAL_FILE)  # the leakage guard: no eval question trained on
     examples = load_eval_set(EVAL_FILE)
     questions = [list(example.messages) for example in examples]
     with tempfile.TemporaryDirectory() as folder:
         mlflow.set_tracking_uri(f"sqlite:///{Path(folder) / 'mlflow.db'}")
         with mlflow.start_run():
-            result = finetune(training, model_dir, rows, Path(folder) / "work")
+            result = finetune(training, model_dir, rows, Path(folder) / "work", base_reference=model_dir.name)
         started = time.perf_counter()
         base_answers = answers(model_dir, questions)
         tuned_answers = answers(result.checkpoint_dir, questions)

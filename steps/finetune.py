@@ -34,7 +34,7 @@ def train(args, config, settings) -> None:
     mlflow.set_tags({tags.DATASET_DIGEST: digest, tags.BASE_REVISION: args.source_revision})
     run_id = mlflow.active_run().info.run_id
     work_dir = settings.cache_dir / "finetune" / run_id
-    result = finetune(training, base_dir, rows, work_dir)
+    result = finetune(training, base_dir, rows, work_dir, base_reference=args.checkpoint_uri)
 
     checkpoint_content = tree_digest(result.checkpoint_dir)
     onnx_dir = build_onnx_cached(result.checkpoint_dir, checkpoint_content, settings.cache_dir, config.source.builder)

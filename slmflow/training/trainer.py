@@ -41,8 +41,12 @@ class TrainingResult:
         return self.tokens / self.train_seconds if self.train_seconds else 0.0
 
 
-def finetune(training: TrainingConfig, base_dir: Path, rows: Sequence[TrainingRow], work_dir: Path) -> TrainingResult:
-    """Check what needs the model (row lengths, target layers), then train, merge and save into `work_dir`."""
+def finetune(
+    training: TrainingConfig, base_dir: Path, rows: Sequence[TrainingRow], work_dir: Path, base_reference: str
+) -> TrainingResult:
+    """Check what needs the model (row lengths, target layers), then train, merge and save into `work_dir`.
+
+    The saved adapter names its base by `base_reference` (a URI), not by this machine's folder."""
     import torch
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -101,6 +105,8 @@ def finetune(training: TrainingConfig, base_dir: Path, rows: Sequence[TrainingRo
         held_out_loss = trainer.evaluate()["eval_loss"] if held_out_rows else None
 
     adapter_dir, checkpoint_dir = work_dir / "adapter", work_dir / "checkpoint"
+    for adapter in trainer.model.peft_config.values():
+        adapter.base_model_name_or_path = base_reference
     trainer.model.save_pretrained(adapter_dir)
     merged = trainer.model.merge_and_unload()
     _copy_non_weight_files(base_dir, checkpoint_dir)

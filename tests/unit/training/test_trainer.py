@@ -32,14 +32,16 @@ def settings(**changes) -> TrainingConfig:
 )
 def test_checks_that_need_the_model_refuse_before_training(tiny_checkpoint, tmp_path, changes, message):
     with pytest.raises(TrainingDataError, match=message):
-        finetune(settings(**changes), tiny_checkpoint, load_training_set(DATASET), tmp_path)
+        finetune(settings(**changes), tiny_checkpoint, load_training_set(DATASET), tmp_path, "runs:/base/checkpoint")
     assert not (tmp_path / "trainer").exists()  # the Trainer was never made
 
 
 def test_a_short_fine_tune_logs_into_the_active_run_and_merges(tiny_checkpoint, tmp_path, tracking_store, monkeypatch):
     with mlflow.start_run() as run:
         monkeypatch.setenv("MLFLOW_RUN_ID", run.info.run_id)  # as `mlflow run` sets it for a step
-        result = finetune(settings(held_out_fraction=0.1), tiny_checkpoint, load_training_set(DATASET), tmp_path)
+        result = finetune(
+            settings(held_out_fraction=0.1), tiny_checkpoint, load_training_set(DATASET), tmp_path, "runs:/r/checkpoint"
+        )
         assert mlflow.active_run().info.run_id == run.info.run_id  # the callback did not end the step's run
         assert os.environ["MLFLOW_RUN_ID"] == run.info.run_id
     client = mlflow.MlflowClient()
@@ -48,7 +50,9 @@ def test_a_short_fine_tune_logs_into_the_active_run_and_merges(tiny_checkpoint, 
     assert len(client.get_metric_history(run.info.run_id, "learning_rate")) == 2
     assert (result.steps, result.train_rows, result.held_out_rows) == (2, 36, 4)
     assert result.held_out_loss > 0 and result.tokens > 0 and result.peak_rss_mb > 0
-    assert json.loads((result.adapter_dir / "adapter_config.json").read_text())["r"] == 8
+    adapter = json.loads((result.adapter_dir / "adapter_config.json").read_text())
+    assert adapter["r"] == 8 and adapter["base_model_name_or_path"] == "runs:/r/checkpoint"  # a URI, not a path
+    assert str(tiny_checkpoint) not in (result.adapter_dir / "README.md").read_text()
     merged = load_file(result.checkpoint_dir / "model.safetensors")
     base = load_file(tiny_checkpoint / "model.safetensors")
     assert set(merged) == set(base)  # an ordinary checkpoint: no adapter weights left in it
