@@ -23,6 +23,9 @@ from mlflow.tracking import MlflowClient
 from testkit.processes import PROJECT_DIR
 from tests.e2e.test_pipeline_runs import Team, aliases, clone, mlflow_run, wait_for_running_step
 
+# A fine-tune, two builds and two evaluations per job: longer than the default per-test timeout on 2 shared cores.
+pytestmark = pytest.mark.timeout(3600)
+
 STEPS = ["fetch_model", "finetune", "log_onnx_wrapper", "log_transformers_pipeline", "evaluate", "register"]
 EXPERIMENT = "scheduled-retraining"
 CONFIG = "configs/tiny-retrain.yaml"
@@ -131,7 +134,6 @@ def test_the_same_data_again_reuses_every_step_and_registers_nothing(first_run, 
     assert [v.version for v in team.client.search_model_versions(f"name = '{MODEL_NAME}'")] == ["1"]
 
 
-@pytest.mark.timeout(2400)
 def test_a_job_killed_during_training_then_new_data_retrains_and_the_gates_decide(first_run, team, checkout, tmp_path):
     config = retrain_config(tmp_path, [capital_row("Spain", "Madrid"), capital_row("Japan", "Tokyo")])
     started = time.time()
