@@ -108,6 +108,7 @@ def finetune(
     for adapter in trainer.model.peft_config.values():
         adapter.base_model_name_or_path = base_reference
     trainer.model.save_pretrained(adapter_dir)
+    (adapter_dir / "README.md").unlink(missing_ok=True)  # peft's empty model card, naming the local folder
     merged = trainer.model.merge_and_unload()
     _copy_non_weight_files(base_dir, checkpoint_dir)
     merged.save_pretrained(checkpoint_dir)

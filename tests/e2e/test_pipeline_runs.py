@@ -30,13 +30,19 @@ HF_TOKEN = "hf_test_secret_never_logged"
 
 
 def mlflow_run(
-    project: str, store: str, *extra: str, config: str = "configs/tiny.yaml", cwd: Path, **env: str
+    project: str,
+    store: str,
+    *extra: str,
+    config: str = "configs/tiny.yaml",
+    cwd: Path,
+    timeout: float = 1200,
+    **env: str,
 ) -> subprocess.CompletedProcess:
     """`mlflow run` from outside the project (so nothing lands in the checkout)."""
     return run_command(
         [*mlflow_cli(), "run", project, "--env-manager", "local", "-P", f"config={config}", *extra],
         cwd=cwd,
-        timeout=1200,
+        timeout=timeout,
         MLFLOW_TRACKING_URI=store,
         HF_TOKEN=HF_TOKEN,
         **env,

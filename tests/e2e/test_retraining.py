@@ -67,7 +67,7 @@ def checkout(tmp_path_factory) -> Path:
 
 
 def run_job(team: Team, checkout: Path, config: str | Path = CONFIG) -> subprocess.CompletedProcess:
-    return team.run(str(checkout), config=str(config))
+    return team.run(str(checkout), config=str(config), timeout=3000)
 
 
 @pytest.fixture(scope="module")
