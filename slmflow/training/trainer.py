@@ -55,6 +55,7 @@ def finetune(
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     check_lengths(rows, [len(_token_ids(tokenizer, row)) for row in rows], training.max_seq_length, training.truncate)
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    model.config._name_or_path = base_reference  # what the Trainer's callback logs as the model's name
     model_type = model.config.model_type
     modules = target_modules(training.lora.target_modules, model_type)
     linear = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]

@@ -20,6 +20,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from slmflow.pipeline.contract import STEPS as CONTRACT
 from testkit.processes import PROJECT_DIR
 from tests.e2e.test_pipeline_runs import Team, aliases, clone, mlflow_run, wait_for_running_step
 
@@ -124,8 +125,9 @@ def test_both_flavors_are_built_from_the_fine_tuned_checkpoint_by_uri(first_run,
     assert children["log_onnx_wrapper"].data.params["onnx_uri"] == f"runs:/{finetune.info.run_id}/onnx"
     assert finetune.data.tags["slmflow.content.checkpoint_uri"] != fetch.data.tags["slmflow.content.checkpoint_uri"]
     assert finetune.data.tags["slmflow.content.onnx_uri"] != fetch.data.tags["slmflow.content.onnx_uri"]
-    for run in children.values():
-        assert not any(value.startswith("/") for value in run.data.params.values())
+    for name, run in children.items():  # the declared hand-offs (the Trainer also logs its scratch output_dir)
+        assert not any(run.data.params[p.name].startswith("/") for p in CONTRACT[name].parameters), name
+    assert finetune.data.params["_name_or_path"] == finetune.data.params["checkpoint_uri"]
 
 
 def test_the_same_data_again_reuses_every_step_and_registers_nothing(first_run, team, checkout):
