@@ -222,6 +222,53 @@ class RegistryConfig(_Section):
     register_on_gate_failure: bool = False
 
 
+class LoraOptions(_Section):
+    """The LoRA adapter; `target_modules` defaults to the architecture's attention projections."""
+
+    r: int = Field(8, ge=1, description="the adapter's rank")
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: tuple[str, ...] | None = Field(None, min_length=1)
+
+
+class TrainingConfig(_Section):
+    """Fine-tune the fetched checkpoint before it is built, logged, evaluated and registered."""
+
+    dataset: Path = Field(description="chat JSON Lines, one {'messages': [...]} a row ending with the answer")
+    method: Literal["lora"] = "lora"
+    lora: LoraOptions = LoraOptions()
+    epochs: float | None = Field(None, gt=0)
+    max_steps: int | None = Field(None, gt=0)
+    learning_rate: float = Field(2e-4, gt=0)
+    batch_size: int = Field(8, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    max_seq_length: int = Field(512, ge=8)
+    # Off: a row longer than max_seq_length is refused instead of being trained on cut.
+    truncate: bool = False
+    seed: int = 0
+    merge: bool = True
+    assistant_only_loss: bool = True
+    held_out_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="rows kept out of training for a final loss")
+    logging_steps: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> TrainingConfig:
+        if self.epochs is not None and self.max_steps is not None:
+            raise ValueError("training: give either epochs or max_steps, not both")
+        if not self.merge:
+            raise ValueError(
+                "training.merge: false is not supported: the ONNX builder and both flavors take a merged checkpoint"
+            )
+        return self
+
+    @property
+    def budget(self) -> dict[str, float]:
+        """The Trainer's arguments for how long to train: max_steps when given, else epochs (1 by default)."""
+        if self.max_steps is not None:
+            return {"max_steps": self.max_steps}
+        return {"num_train_epochs": self.epochs or 1.0}
+
+
 class PipelineConfig(_Section):
     """The whole pipeline configuration, one YAML file per model."""
 
@@ -230,6 +277,7 @@ class PipelineConfig(_Section):
     runtime: RuntimeConfig = RuntimeConfig()
     evaluation: EvaluationConfig
     registry: RegistryConfig
+    training: TrainingConfig | None = None
 
     def section_hash(self, *sections: str) -> str:
         """A stable hash of some sections (or dotted fields such as `source.trust_remote_code`).
@@ -241,21 +289,33 @@ class PipelineConfig(_Section):
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
     def config_hash(self) -> str:
-        return self.section_hash(*type(self).model_fields)
+        """An absent optional section counts as nothing: adding the `training` key changed no existing hash."""
+        return self.section_hash(*(name for name in type(self).model_fields if getattr(self, name) is not None))
 
     def _portable(self, dotted: str):
         section, _, field = dotted.partition(".")
+        if getattr(self, section) is None:
+            return None
         data = getattr(self, section).model_dump(mode="json")
         if section == "evaluation" and self.evaluation.eval_set is not None:
             data["eval_set"] = "sha256:" + eval_set_digest(self.evaluation.eval_set)
         if section == "source" and self.source.kind == "local":
             data["model"] = LOCAL_PREFIX
+        if section == "training" and self.training is not None:
+            data["dataset"] = "sha256:" + dataset_digest(self.training.dataset)
         return data[field] if field else data
 
 
 def eval_set_digest(path: Path) -> str:
     if not path.is_file():
         raise ConfigError(f"evaluation.eval_set: file not found: {path}")
+    return sha256_file(path)
+
+
+def dataset_digest(path: Path) -> str:
+    """The training set by its content: what the cache key and the registered identity hold, never the path."""
+    if not path.is_file():
+        raise ConfigError(f"training.dataset: file not found: {path}")
     return sha256_file(path)
 
 
@@ -292,6 +352,8 @@ def _resolve_paths(config: PipelineConfig, base: Path) -> PipelineConfig:
     update: dict = {}
     if config.evaluation.eval_set is not None:
         update["evaluation"] = config.evaluation.model_copy(update={"eval_set": base / config.evaluation.eval_set})
+    if config.training is not None:
+        update["training"] = config.training.model_copy(update={"dataset": base / config.training.dataset})
     if config.source.kind == "local":
         local = Path(config.source.name)
         update["source"] = config.source.model_copy(

@@ -49,3 +49,7 @@ class BadRequestError(ValueError):
 
 class DeadlineExceededError(RuntimeError):
     """A request whose generation passed its deadline (HTTP 504); the model is free again."""
+
+
+class TrainingDataError(PipelineError, ValueError):
+    """A training set or training setting refused before any training; the message names the row or field."""

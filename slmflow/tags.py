@@ -43,6 +43,10 @@ def versus_champion(model: str) -> str:
     return f"{model}_vs_{CHAMPION_MODEL_NAME}"
 
 
+# The finetune step run (also lineage tags on a registered fine-tuned version).
+DATASET_DIGEST = "slmflow.dataset_digest"  # sha256 of the training set's file
+BASE_REVISION = "slmflow.base_revision"  # the revision of the checkpoint that was fine-tuned
+
 # The parent (`main`) run and its experiment.
 SOURCE_REVISION = "slmflow.source_revision"
 EXPERIMENT_CONFIG = "slmflow.config"
@@ -76,3 +80,4 @@ GATE_PREFIX = "gate."  # one tag per gate: its statistic, interval and verdict
 ALIASES_SET = "aliases_set"  # a version's last write: without it, a killed job left its promotion unfinished
 FLAVOR = "flavor"
 IDENTITY = ("source_revision", "config_hash", "code_hash")  # the same three never get a second version
+DATASET_IDENTITY = "dataset_digest"  # and, for a fine-tuned version, the training set it was trained on

@@ -11,7 +11,7 @@ from slmflow.evaluation.metrics import ModelReport
 
 
 @contextmanager
-def _figure(path: Path, size: tuple[float, float]) -> Iterator[Any]:
+def off_screen_figure(path: Path, size: tuple[float, float]) -> Iterator[Any]:
     """A matplotlib axis drawn off-screen and saved as PNG on exit."""
     import matplotlib
 
@@ -29,7 +29,7 @@ def _figure(path: Path, size: tuple[float, float]) -> Iterator[Any]:
 
 
 def plot_latency(reports: Sequence[ModelReport], path: Path) -> None:
-    with _figure(path, (7, 4)) as axis:
+    with off_screen_figure(path, (7, 4)) as axis:
         axis.boxplot([[r.latency_s * 1000 for r in report.results] for report in reports], showmeans=True)
         axis.set_xticks(range(1, len(reports) + 1), [report.name for report in reports])
         axis.set_ylabel("latency per request (ms, lower is better)")
@@ -38,7 +38,7 @@ def plot_latency(reports: Sequence[ModelReport], path: Path) -> None:
 
 def plot_accuracy_vs_speed(reports: Sequence[ModelReport], path: Path) -> None:
     points = [(report.name, report.metrics()) for report in reports]
-    with _figure(path, (6, 4)) as axis:
+    with off_screen_figure(path, (6, 4)) as axis:
         for name, metrics in points:
             axis.scatter(metrics["tokens_per_second"], metrics["accuracy"], s=80)
             axis.annotate(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import subprocess
 import sys
@@ -51,6 +52,12 @@ def build_onnx(checkpoint_dir: Path, target: Path, options: BuilderOptions) -> P
         verify_quantization(out_dir, options)
 
     return build_once(target, "genai_config.json", build)
+
+
+def build_onnx_cached(checkpoint_dir: Path, content: str, cache_dir: Path, options: BuilderOptions) -> Path:
+    """Built once per checkpoint content and options: the same weights from any source, path or step build once."""
+    options_digest = hashlib.sha256(options.model_dump_json().encode()).hexdigest()[:8]
+    return build_onnx(checkpoint_dir, cache_dir / "onnx" / f"{content[:24]}-{options_digest}", options)
 
 
 def copy_chat_template(checkpoint_dir: Path, out_dir: Path) -> None:

@@ -6,18 +6,17 @@ model (for onnxruntime-genai), plus a manifest of what was fetched so a run reco
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from slmflow.config import BuilderOptions, Settings, SourceConfig
+from slmflow.config import Settings, SourceConfig
 from slmflow.digests import digest_of, file_digests, tree_digest
 from slmflow.errors import SourceError
 from slmflow.fetch.builtin import builtin_spec, ensure_builtin_model, spec_fingerprint
 from slmflow.fetch.hub import SnapshotDownloader, download_snapshot
-from slmflow.fetch.onnx_build import build_onnx
+from slmflow.fetch.onnx_build import build_onnx_cached
 
 # (repo, branch, token) -> the commit sha the branch points at; tests pass a fake hub.
 CommitResolver = Callable[[str, str, str | None], str]
@@ -109,10 +108,7 @@ def fetch_model(
         if not (onnx_dir / "genai_config.json").is_file():
             raise SourceError(f"ONNX variant {variant.repo}/{variant.subfolder} has no genai_config.json")
     else:
-        # Keyed by the checkpoint's content: the same weights from any source or path build once.
-        content = digest_of(checkpoint_files)[:24]
-        target = settings.cache_dir / "onnx" / f"{content}-{_options_digest(source.builder)}"
-        onnx_dir = build_onnx(checkpoint, target, source.builder)
+        onnx_dir = build_onnx_cached(checkpoint, digest_of(checkpoint_files), settings.cache_dir, source.builder)
         onnx_origin = f"builder:{source.builder.precision}"
 
     files = {f"checkpoint/{k}": v for k, v in checkpoint_files.items()}
@@ -132,10 +128,6 @@ def _local_checkpoint(source: SourceConfig) -> Path:
     if not (checkpoint / "config.json").is_file():
         raise SourceError(f"local model folder {checkpoint} does not exist or has no config.json")
     return checkpoint
-
-
-def _options_digest(options: BuilderOptions) -> str:
-    return hashlib.sha256(options.model_dump_json().encode()).hexdigest()[:8]
 
 
 def _slug(source: SourceConfig) -> str:

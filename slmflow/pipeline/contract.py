@@ -88,6 +88,19 @@ STEPS: dict[str, StepContract] = {
             sections=("source",),
         ),
         StepContract(
+            "finetune",
+            "Fine-tune the fetched checkpoint with LoRA (TRL SFTTrainer), merge it and build its ONNX GenAI form; "
+            "log both.",
+            (
+                CONFIG,
+                Parameter("checkpoint_uri", "runs:/ URI or pinned hub:org/name@commit of the base checkpoint"),
+                Parameter("source_revision", "the base source revision"),
+            ),
+            outputs=("checkpoint_uri", "onnx_uri", "source_revision"),
+            # The builder options too: the ONNX form of the fine-tuned checkpoint is built here.
+            sections=("training", "source.builder", "source.allow_patterns"),
+        ),
+        StepContract(
             "log_onnx_wrapper",
             "Log the ONNX GenAI folder as the `onnx-chat` pyfunc chat model.",
             (CONFIG, Parameter("onnx_uri", "runs:/ URI of the ONNX GenAI folder")),
@@ -122,10 +135,11 @@ STEPS: dict[str, StepContract] = {
             (
                 CONFIG,
                 Parameter("evaluate_run_id", "the evaluate run whose candidates to register"),
-                Parameter("source_revision", "the fetched source revision"),
+                Parameter("source_revision", "the revision of the evaluated weights (fetched or fine-tuned)"),
+                Parameter("training_run_id", "the finetune run that made the weights; empty when not fine-tuned", ""),
             ),
             outputs=("registered_model", "registered_version"),
-            sections=("registry", "source", "evaluation"),
+            sections=("registry", "source", "evaluation", "training"),
         ),
         StepContract(
             "batch_score",

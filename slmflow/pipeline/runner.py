@@ -32,6 +32,7 @@ from slmflow.pipeline.step import (
 )
 from slmflow.registry.aliases import CHAMPION, aliased_version
 from slmflow.registry.registrar import champion_model_uri
+from slmflow.training.dataset import check_training_set
 
 
 def code_hash(entry_points: tuple[str, ...], project_dir: Path = PROJECT_DIR) -> str:
@@ -167,15 +168,29 @@ def champion_to_measure(model_name: str, candidate_uris: list[str]) -> Handoff:
 
 
 def run_pipeline(config: PipelineConfig, config_arg: str, use_cache: bool, settings: Settings) -> dict[str, str]:
-    """fetch_model -> log_onnx_wrapper / log_transformers_pipeline -> evaluate -> register."""
+    """fetch_model -> [finetune] -> log_onnx_wrapper / log_transformers_pipeline -> evaluate -> register."""
+    if config.training is not None:
+        # Every run, cached or not, before any step: a bad row or an eval question in the training set stops it.
+        check_training_set(config.training.dataset, config.evaluation.eval_set)
     runner = StepRunner(config, use_cache)
     # Resolved before any cache lookup: a followed hub branch counts by the commit it points at now.
     revision = resolve_revision(config.source, settings)
     mlflow.set_tag(tags.SOURCE_REVISION, revision)
     fetched = runner.run("fetch_model", {"config": config_arg, "revision": revision})
-    onnx = runner.run("log_onnx_wrapper", {"config": config_arg, "onnx_uri": fetched.output("onnx_uri")})
+    model, training_run = fetched, {}
+    if config.training is not None:
+        model = runner.run(
+            "finetune",
+            {
+                "config": config_arg,
+                "checkpoint_uri": fetched.output("checkpoint_uri"),
+                "source_revision": fetched.output("source_revision"),
+            },
+        )
+        training_run = {"training_run_id": model.run.info.run_id}
+    onnx = runner.run("log_onnx_wrapper", {"config": config_arg, "onnx_uri": model.output("onnx_uri")})
     transformers = runner.run(
-        "log_transformers_pipeline", {"config": config_arg, "checkpoint_uri": fetched.output("checkpoint_uri")}
+        "log_transformers_pipeline", {"config": config_arg, "checkpoint_uri": model.output("checkpoint_uri")}
     )
     candidates = {
         "onnx_model_uri": onnx.output("model_uri"),
@@ -188,7 +203,8 @@ def run_pipeline(config: PipelineConfig, config_arg: str, use_cache: bool, setti
         {
             "config": config_arg,
             "evaluate_run_id": evaluated.run.info.run_id,
-            "source_revision": fetched.output("source_revision"),
+            "source_revision": model.output("source_revision"),
+            **training_run,
         },
     )
     summary = {

@@ -66,7 +66,7 @@ class Registrar:
         }
 
     def find_registered(self, identity: Mapping[str, str]) -> ModelVersion | None:
-        """The version already registered from the same source revision, config and code, if any."""
+        """The version already registered with the same identity (`tags.IDENTITY`, and a training set's digest)."""
         same = self._versions_with(identity)
         return same[0] if same else None
 
@@ -79,7 +79,7 @@ class Registrar:
             if error.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
                 return []
             raise registry_error(f"cannot list the versions of '{name}'", error) from error
-        same = [v for v in versions if all(v.tags.get(key) == identity[key] for key in tags.IDENTITY)]
+        same = [v for v in versions if all(v.tags.get(key) == value for key, value in identity.items())]
         return sorted(same, key=lambda v: int(v.version))
 
     def _evidence(self, champion: ModelVersion | None, candidate: Candidate, evaluation: Evaluation | None):

@@ -30,13 +30,19 @@ HF_TOKEN = "hf_test_secret_never_logged"
 
 
 def mlflow_run(
-    project: str, store: str, *extra: str, config: str = "configs/tiny.yaml", cwd: Path, **env: str
+    project: str,
+    store: str,
+    *extra: str,
+    config: str = "configs/tiny.yaml",
+    cwd: Path,
+    timeout: float = 1200,
+    **env: str,
 ) -> subprocess.CompletedProcess:
     """`mlflow run` from outside the project (so nothing lands in the checkout)."""
     return run_command(
         [*mlflow_cli(), "run", project, "--env-manager", "local", "-P", f"config={config}", *extra],
         cwd=cwd,
-        timeout=1200,
+        timeout=timeout,
         MLFLOW_TRACKING_URI=store,
         HF_TOKEN=HF_TOKEN,
         **env,
@@ -104,19 +110,19 @@ def tracking_uri(uri: str):
 class Team:
     """The tracking server, the experiment the scheduled job records to, and a way to run the job."""
 
-    def __init__(self, server, workdir: Path) -> None:
-        self.server, self.workdir = server, workdir
+    def __init__(self, server, workdir: Path, experiment: str = EXPERIMENT) -> None:
+        self.server, self.workdir, self.experiment = server, workdir, experiment
         self.client = MlflowClient(server.uri)
-        self.experiment_id = self.client.create_experiment(EXPERIMENT)
+        self.experiment_id = self.client.create_experiment(experiment)
 
     def run(self, project: str, *extra: str, cwd: Path | None = None, **kwargs) -> subprocess.CompletedProcess:
         return mlflow_run(
-            project, self.server.uri, "--experiment-name", EXPERIMENT, *extra, cwd=cwd or self.workdir, **kwargs
+            project, self.server.uri, "--experiment-name", self.experiment, *extra, cwd=cwd or self.workdir, **kwargs
         )
 
     def command(self, project: str, config: Path) -> list[str]:
         """The same `mlflow run`, to start as a process of one's own."""
-        run = [*mlflow_cli(), "run", project, "--env-manager", "local", "--experiment-name", EXPERIMENT]
+        run = [*mlflow_cli(), "run", project, "--env-manager", "local", "--experiment-name", self.experiment]
         return [*run, "-P", f"config={config}"]
 
     def assert_ok(self, result: subprocess.CompletedProcess) -> None:

@@ -35,7 +35,14 @@ def test_every_step_reads_known_config_sections_and_has_a_module():
     for name, step in STEPS.items():
         assert all(section.split(".")[0] in PipelineConfig.model_fields for section in step.sections), name
         assert (PROJECT_DIR / "steps" / f"{name}.py").is_file()
-    assert PIPELINE == ["fetch_model", "log_onnx_wrapper", "log_transformers_pipeline", "evaluate", "register"]
+    assert PIPELINE == [
+        "fetch_model",
+        "finetune",  # run by main only when the config has a training section
+        "log_onnx_wrapper",
+        "log_transformers_pipeline",
+        "evaluate",
+        "register",
+    ]
 
 
 def test_argument_parser_and_outputs_follow_the_contract():
@@ -135,7 +142,27 @@ def test_a_library_change_redoes_exactly_the_steps_that_import_it(checkout, tmp_
         handle.write("# a builder fix\n")
     after = keys_of(checkout, tmp_path)
     changed = {name for name in before if after[name] != before[name]}
-    assert changed == {"fetch_model"}  # the logging steps read the fetched folders without the builder
+    # finetune builds the fine-tuned checkpoint's ONNX form; the logging steps read folders without the builder.
+    assert changed == {"fetch_model", "finetune"}
+
+
+def test_a_trainer_change_redoes_finetune_only(checkout, tmp_path):
+    before = keys_of(checkout, tmp_path)
+    with (checkout / "slmflow" / "training" / "trainer.py").open("a") as handle:
+        handle.write("# a training fix\n")
+    after = keys_of(checkout, tmp_path)
+    assert {name for name in before if after[name] != before[name]} == {"finetune"}
+
+
+def test_new_training_data_misses_finetune_and_register_and_not_the_fetch(tmp_path):
+    def trained(rows: str) -> PipelineConfig:
+        (tmp_path / "train.jsonl").write_text(rows)
+        return config(tmp_path, training={"dataset": str(tmp_path / "train.jsonl")})
+
+    before = {name: cache_key(STEPS[name], {}, trained("a\n")) for name in PIPELINE}
+    after = {name: cache_key(STEPS[name], {}, trained("b\n")) for name in PIPELINE}
+    # The steps after finetune follow its outputs by content: new weights redo them through their inputs.
+    assert {name for name in before if after[name] != before[name]} == {"finetune", "register"}
 
 
 def test_a_step_file_change_redoes_that_step(checkout, tmp_path):

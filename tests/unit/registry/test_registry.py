@@ -254,3 +254,13 @@ def test_rollback_names_a_registry_that_cannot_answer(tracking_store):
         rollback("reg-test", FailingRegistry(INTERNAL_ERROR))
     with pytest.raises(RollbackError, match="no registered model named 'reg-test'"):
         rollback("reg-test")
+
+
+def test_a_new_training_set_is_a_new_identity(logged_uri):
+    """A fine-tuned version's identity holds its training set's digest beside the other three."""
+    trained = {**identity(), "dataset_digest": "d1"}
+    first = registrar().register(Candidate("onnx-chat", logged_uri, GOOD), trained, {}, "d")
+    again = registrar().register(Candidate("onnx-chat", logged_uri, GOOD), dict(trained), {}, "d")
+    other = registrar().register(Candidate("onnx-chat", logged_uri, GOOD), {**trained, "dataset_digest": "d2"}, {}, "d")
+    assert first.created and not again.created and again.version.version == first.version.version
+    assert other.created and other.version.tags["dataset_digest"] == "d2"

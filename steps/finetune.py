@@ -1,0 +1,83 @@
+"""Fine-tune the fetched checkpoint with LoRA, merge it and build its ONNX GenAI form; log both for later steps."""
+
+import json
+import tempfile
+from pathlib import Path
+
+import mlflow
+
+from slmflow import tags
+from slmflow.config import dataset_digest
+from slmflow.digests import tree_digest
+from slmflow.errors import ConfigError
+from slmflow.fetch.handoff import local_folder, remember_folder
+from slmflow.fetch.onnx_build import build_onnx_cached
+from slmflow.pipeline.contract import STEPS
+from slmflow.pipeline.step import run_step, set_outputs
+from slmflow.training.dataset import load_training_set, training_dataset
+from slmflow.training.plots import plot_loss_curve
+from slmflow.training.trainer import finetune
+
+STEP = STEPS["finetune"]
+
+
+def train(args, config, settings) -> None:
+    training = config.training
+    if training is None:
+        raise ConfigError("training: the config has no training section, so there is nothing to fine-tune")
+    rows = load_training_set(training.dataset)  # bad rows are refused before the base is even downloaded
+    digest = dataset_digest(training.dataset)
+    base_dir = local_folder(
+        args.checkpoint_uri, settings, marker="config.json", allow_patterns=config.source.allow_patterns
+    )
+    mlflow.log_input(training_dataset(rows, training.dataset, digest), context="training")
+    mlflow.set_tags({tags.DATASET_DIGEST: digest, tags.BASE_REVISION: args.source_revision})
+    run_id = mlflow.active_run().info.run_id
+    work_dir = settings.cache_dir / "finetune" / run_id
+    result = finetune(training, base_dir, rows, work_dir, base_reference=args.checkpoint_uri)
+
+    checkpoint_content = tree_digest(result.checkpoint_dir)
+    onnx_dir = build_onnx_cached(result.checkpoint_dir, checkpoint_content, settings.cache_dir, config.source.builder)
+    mlflow.log_metrics(
+        {
+            "dataset_rows": len(rows),
+            "train_rows": result.train_rows,
+            "held_out_rows": result.held_out_rows,
+            "steps": result.steps,
+            "final_loss": result.final_loss,
+            "train_seconds": result.train_seconds,
+            "train_tokens": result.tokens,
+            "tokens_per_second": result.tokens_per_second,
+            "peak_rss_mb": result.peak_rss_mb,
+            **({"held_out_loss": result.held_out_loss} if result.held_out_loss is not None else {}),
+        }
+    )
+    with tempfile.TemporaryDirectory() as scratch:
+        plot = Path(scratch) / "loss_curve.png"
+        plot_loss_curve(result.history, result.held_out_loss, plot)
+        mlflow.log_artifact(str(plot), "training")
+    mlflow.log_text(json.dumps(result.history, indent=1), "training/log_history.json")
+    mlflow.log_artifacts(str(result.adapter_dir), "adapter")
+    checkpoint_uri, onnx_uri = f"runs:/{run_id}/checkpoint", f"runs:/{run_id}/onnx"
+    mlflow.log_artifacts(str(result.checkpoint_dir), "checkpoint")
+    mlflow.log_artifacts(str(onnx_dir), "onnx")
+    remember_folder(checkpoint_uri, result.checkpoint_dir, settings)
+    remember_folder(onnx_uri, onnx_dir, settings)
+    set_outputs(
+        STEP,
+        contents={"checkpoint_uri": checkpoint_content, "onnx_uri": tree_digest(onnx_dir)},
+        checkpoint_uri=checkpoint_uri,
+        onnx_uri=onnx_uri,
+        # The weights evaluated and registered from here on are the fine-tuned ones: known by their content.
+        source_revision=f"finetuned:{checkpoint_content}",
+    )
+    print(
+        f"fine-tuned {result.train_rows} rows for {result.steps} steps in {result.train_seconds:.1f} s: "
+        f"final loss {result.final_loss:.4f}, held-out loss {result.held_out_loss}, "
+        f"{result.tokens_per_second:.0f} tokens/s, peak RSS {result.peak_rss_mb:.0f} MB",
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    run_step(STEP, train)

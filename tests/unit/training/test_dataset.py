@@ -1,0 +1,128 @@
+"""Each bad training set is refused before training with one line naming the row or field."""
+
+import json
+
+import pytest
+
+from slmflow.errors import TrainingDataError
+from slmflow.training.dataset import (
+    check_leakage,
+    check_lengths,
+    check_training_set,
+    eval_questions,
+    parse_training_set,
+    split_held_out,
+)
+from slmflow.training.lora import check_target_modules, target_modules
+from testkit.processes import PROJECT_DIR
+
+
+def chat(*turns):
+    return json.dumps({"messages": [{"role": role, "content": content} for role, content in turns]})
+
+
+GOOD = chat(("system", "Be brief."), ("user", "Capital of Spain?"), ("assistant", "Madrid."))
+
+
+def test_a_good_row_splits_into_prompt_and_answer():
+    (row,) = parse_training_set(GOOD + "\n\n", "train.jsonl")
+    assert row.where == "train.jsonl:1"
+    assert [m["role"] for m in row.prompt] == ["system", "user"]
+    assert row.answer == "Madrid."
+    assert row.messages[-1] == {"role": "assistant", "content": "Madrid."}
+    assert row.user_turns == ["Capital of Spain?"]
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        (chat(("user", "hi")), r"train\.jsonl:2: the last message is the user's, not the assistant's answer"),
+        (chat(("user", "hi"), ("bot", "x")), r"train\.jsonl:2: messages\[1\]: unknown role 'bot'"),
+        (chat(("assistant", "x")), r"train\.jsonl:2: the assistant's answer has no user turn before it"),
+        (chat(("user", "hi"), ("assistant", " ")), r"train\.jsonl:2: messages\[1\]\.content: the answer is empty"),
+        ('{"prompt": "hi"}', r"train\.jsonl:2: a row must be an object with a non-empty 'messages' list"),
+        ("{not json", r"train\.jsonl:2: not JSON"),
+    ],
+)
+def test_bad_rows_are_named_by_line(line, message):
+    with pytest.raises(TrainingDataError, match=message) as refused:
+        parse_training_set(GOOD + "\n" + line + "\n", "train.jsonl")
+    assert "\n" not in str(refused.value)
+
+
+def test_an_empty_dataset_is_refused():
+    with pytest.raises(TrainingDataError, match=r"training\.dataset: train\.jsonl has no rows"):
+        parse_training_set("\n  \n", "train.jsonl")
+
+
+def test_a_row_longer_than_the_limit_is_refused_unless_truncation_is_on():
+    rows = parse_training_set(GOOD + "\n" + GOOD + "\n", "train.jsonl")
+    check_lengths(rows, [10, 12], max_seq_length=12, truncate=False)
+    with pytest.raises(TrainingDataError, match=r"train\.jsonl:2: 13 tokens, longer than training\.max_seq_length 12"):
+        check_lengths(rows, [10, 13], max_seq_length=12, truncate=False)
+    check_lengths(rows, [10, 13], max_seq_length=12, truncate=True)
+
+
+def test_leakage_guard_counts_the_rows_and_names_the_first():
+    rows = parse_training_set(
+        "\n".join(
+            [
+                GOOD,
+                chat(("user", "What is  the capital of FRANCE?"), ("assistant", "Paris.")),
+                chat(("user", "Other?"), ("assistant", "x")),
+                chat(("user", "what is the capital of france?"), ("assistant", "Paris")),
+            ]
+        ),
+        "train.jsonl",
+    )
+    questions = eval_questions(
+        [[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is the capital of France?"}]]
+    )
+    with pytest.raises(
+        TrainingDataError,
+        match=r"2 row\(s\) ask a question of the eval set capitals\.jsonl; the first is train\.jsonl:2: "
+        r"'What is  the capital of FRANCE\?'",
+    ):
+        check_leakage(rows, questions, "capitals.jsonl")
+    check_leakage(rows[:1], questions, "capitals.jsonl")  # a shared system prompt is not a leak
+
+
+def test_the_shipped_training_set_does_not_leak_into_the_eval_set():
+    rows = check_training_set(
+        PROJECT_DIR / "configs/train/capitals-rephrased.jsonl", PROJECT_DIR / "configs/eval/capitals.jsonl"
+    )
+    assert len(rows) == 40
+
+
+def test_the_leakage_guard_reads_every_eval_row(tmp_path):
+    leaked = tmp_path / "train.jsonl"
+    leaked.write_text(chat(("user", "What is the capital of Spain?"), ("assistant", "Madrid.")) + "\n")
+    with pytest.raises(TrainingDataError, match="1 row"):
+        check_training_set(leaked, PROJECT_DIR / "configs/eval/capitals.jsonl")
+
+
+def test_held_out_split_is_disjoint_seeded_and_keeps_some_for_training():
+    rows = parse_training_set("\n".join([GOOD] * 10), "t.jsonl")
+    train, held = split_held_out(rows, 0.2, seed=0)
+    assert len(train) == 8 and len(held) == 2
+    assert {r.where for r in train}.isdisjoint(r.where for r in held)
+    assert split_held_out(rows, 0.2, seed=0) == (train, held)
+    assert split_held_out(rows, 0.0, seed=0) == (rows, [])
+    with pytest.raises(TrainingDataError, match=r"training\.held_out_fraction: 0\.5 keeps all 1 rows out"):
+        split_held_out(rows[:1], 0.5, seed=0)
+
+
+def test_target_modules_default_per_architecture_and_must_exist():
+    assert target_modules(None, "llama") == ("q_proj", "v_proj")
+    assert target_modules(None, "phi3") == ("qkv_proj",)
+    assert target_modules(("o_proj",), "phi3") == ("o_proj",)
+    with pytest.raises(TrainingDataError, match=r"training\.lora\.target_modules: no default for architecture 'gpt2'"):
+        target_modules(None, "gpt2")
+    layers = ["model.layers.0.self_attn.qkv_proj", "model.layers.0.self_attn.o_proj", "lm_head"]
+    check_target_modules(("qkv_proj",), layers, "phi3")
+    with pytest.raises(
+        TrainingDataError,
+        match=r"training\.lora\.target_modules: the phi3 model has no layer q_proj, v_proj "
+        r"\(its linear layers: lm_head, o_proj, qkv_proj\)",
+    ):
+        check_target_modules(("q_proj", "v_proj"), layers, "phi3")
