@@ -250,3 +250,96 @@ def test_any_json_in_any_field_is_parsed_or_refused_naming_a_field(body, good):
         assert len(str(error)) < QUOTE_CHARS + 200
     else:
         assert len(rows) == 1 and (rows[0].messages or rows[0].prompt)
+
+
+# Limits on their boundaries: exactly at a limit passes, one past it is refused.
+
+
+def test_exactly_max_request_chars_passes_and_one_more_is_refused():
+    limits = RequestLimits(max_request_chars=100)
+    two_rows = [{"messages": [{"role": "user", "content": "x" * 60}]}, {"prompt": "y" * 40}]
+    assert len(parse_requests(two_rows, None, DEFAULTS, limits)) == 2
+    two_rows[1]["prompt"] += "y"
+    error = refusal(two_rows, limits=limits)
+    assert error.code == "request_too_large" and "101 characters, more than the limit of 100" in str(error)
+    body = {"messages": [{"role": "system", "content": "s" * 50}, {"role": "user", "content": "u" * 50}]}
+    assert parse_chat_completion(body, DEFAULTS, limits).request.text_length() == 100
+    body["messages"][1]["content"] += "u"
+    with pytest.raises(BadRequestError, match="101 characters"):
+        parse_chat_completion(body, DEFAULTS, limits)
+
+
+def test_exactly_max_rows_passes_and_one_more_is_refused():
+    limits = RequestLimits(max_rows=2)
+    assert len(parse_requests([{"messages": USER}] * 2, None, DEFAULTS, limits)) == 2
+    error = refusal([{"messages": USER}] * 3, limits=limits)
+    assert error.code == "too_many_rows" and "3 rows, more than the limit of 2" in str(error)
+
+
+def test_four_stop_strings_pass_and_five_are_refused():
+    four = ["a", "b", "c", "d"]
+    assert parse_requests({"messages": USER, "stop": four}, None, DEFAULTS)[0].settings.stop == tuple(four)
+    assert "takes at most 4 strings, got 5" in str(refusal({"messages": USER, "stop": [*four, "e"]}))
+
+
+def test_a_stop_string_of_256_characters_passes_and_257_are_refused():
+    assert parse_requests({"messages": USER, "stop": "s" * 256}, None, DEFAULTS)[0].settings.stop == ("s" * 256,)
+    assert "at most 256 characters" in str(refusal({"messages": USER, "stop": ["s", "s" * 257]}))
+
+
+@pytest.mark.parametrize(
+    ("field", "low", "high"),
+    [("max_tokens", 1, 2**31 - 1), ("temperature", 0.0, 2.0), ("top_p", 2**-20, 1.0), ("top_k", 1, 2**31 - 1)],
+)
+def test_sampling_bounds_are_inclusive_where_documented(field, low, high):
+    for value in (low, high):
+        assert getattr(parse_requests({"messages": USER, field: value}, None, DEFAULTS)[0].settings, field) == value
+    assert refusal({"messages": USER, "temperature": 2.0 + 2**-20}).param == "temperature"
+    assert refusal({"messages": USER, "top_p": 0.0}).param == "top_p"
+
+
+def test_seed_and_min_tokens_bounds():
+    [row] = parse_requests({"messages": USER, "seed": 0, "min_tokens": 16}, None, DEFAULTS)
+    assert (row.settings.seed, row.settings.min_tokens) == (0, 16)
+    assert parse_requests({"messages": USER, "seed": 2**31 - 1}, None, DEFAULTS)[0].settings.seed == 2**31 - 1
+
+
+def test_numpy_and_dataframe_values_are_plain_values():
+    frame = pd.DataFrame({"messages": [USER], "max_tokens": [np.int64(7)], "temperature": [np.float32(0.5)]})
+    [row] = parse_requests(frame, {"top_k": np.int64(3), "stop": np.array(["x", "y"])}, DEFAULTS)
+    assert (row.settings.max_tokens, row.settings.temperature, row.settings.top_k) == (7, 0.5, 3)
+    assert row.settings.stop == ("x", "y")
+    assert parse_requests({"messages": USER, "max_tokens": 8.0}, None, DEFAULTS)[0].settings.max_tokens == 8
+    nan = parse_requests({"messages": USER, "max_tokens": float("nan")}, None, DEFAULTS)[0].settings  # read as missing
+    assert nan.max_tokens == 16 and not nan.max_tokens_explicit
+
+
+def test_text_length_counts_every_message_or_the_prompt():
+    [chat] = parse_requests({"messages": [{"role": "system", "content": "abc"}, *USER]}, None, DEFAULTS)
+    assert chat.text_length() == 3 + len(USER[0]["content"]) and chat.is_chat
+    [raw] = parse_requests({"prompt": "hello"}, None, DEFAULTS)
+    assert raw.text_length() == 5 and not raw.is_chat
+
+
+def test_tool_calls_in_a_message_are_refused_and_empty_ones_pass():
+    message = {"role": "assistant", "content": "x", "tool_calls": [{"id": "1"}]}
+    assert refusal({"messages": [message, *USER]}).param == "messages[0].tool_calls"
+    assert len(parse_requests({"messages": [{**message, "tool_calls": []}, *USER]}, None, DEFAULTS)) == 1
+
+
+def test_quotes_are_cut_to_quote_chars():
+    from slmflow.chat.request import quote
+
+    assert quote("abc") == "'abc'"
+    assert len(quote(["x" * 10] * 100)) <= QUOTE_CHARS + 3
+
+
+def test_stream_options_must_be_the_include_usage_object():
+    for options in ({"include_usage": True, "other": 1}, "yes"):
+        with pytest.raises(BadRequestError) as raised:
+            parse_chat_completion({"messages": USER, "stream_options": options}, DEFAULTS)
+        assert raised.value.param == "stream_options"
+    assert not parse_chat_completion({"messages": USER, "stream_options": {}}, DEFAULTS).include_usage
+    assert not parse_chat_completion({"messages": USER}, DEFAULTS).stream
+    with pytest.raises(BadRequestError, match="'model' must be a string"):
+        parse_chat_completion({"messages": USER, "model": 3}, DEFAULTS)
