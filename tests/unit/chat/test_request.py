@@ -343,3 +343,87 @@ def test_stream_options_must_be_the_include_usage_object():
     assert not parse_chat_completion({"messages": USER}, DEFAULTS).stream
     with pytest.raises(BadRequestError, match="'model' must be a string"):
         parse_chat_completion({"messages": USER, "model": 3}, DEFAULTS)
+
+
+NON_DEFAULT = {
+    "n": 2,
+    "tools": [{"type": "function"}],
+    "tool_choice": "required",
+    "functions": [{"name": "f"}],
+    "function_call": "auto",
+    "response_format": {"type": "json_object"},
+    "logprobs": True,
+    "top_logprobs": 2,
+    "logit_bias": {"1": 5},
+    "presence_penalty": 0.5,
+    "frequency_penalty": -0.5,
+    "stream": True,
+}
+
+
+@pytest.mark.parametrize("field", sorted(UNSUPPORTED_FIELDS))
+def test_every_unsupported_field_is_refused_naming_it_and_its_defaults_pass(field):
+    error = refusal({"messages": USER, field: NON_DEFAULT[field]})
+    assert (error.param, error.code) == (field, "unsupported_parameter")
+    assert str(error).startswith(f"row 0: '{field}' is not supported by this model (got ")
+    for default in UNSUPPORTED_FIELDS[field]:
+        assert len(parse_requests({"messages": USER, field: default}, {field: default}, DEFAULTS)) == 1
+    assert refusal({"messages": USER}, params={field: NON_DEFAULT[field]}).param == field
+    assert len(parse_requests({"messages": USER, field: None}, None, DEFAULTS)) == 1  # missing, not a value
+
+
+def test_a_boolean_is_not_the_integer_default():
+    assert refusal({"messages": USER, "n": True}).param == "n"
+    assert refusal({"messages": USER, "presence_penalty": False}).param == "presence_penalty"
+
+
+def test_the_chat_completion_body_ignores_only_the_documented_fields_and_streams_only_there():
+    from slmflow.chat.request import IGNORED_FIELDS
+
+    body = {"messages": USER, **dict.fromkeys(IGNORED_FIELDS, "x"), "model": "m"}
+    assert parse_chat_completion(body, DEFAULTS).request.messages == tuple(USER)
+    assert parse_chat_completion({"messages": USER, "stream": True}, DEFAULTS).stream
+    with pytest.raises(BadRequestError) as raised:
+        parse_chat_completion({"messages": USER, "n": 2}, DEFAULTS)
+    assert str(raised.value) == "'n' is not supported by this model (got 2)"
+    with pytest.raises(BadRequestError) as raised:
+        parse_chat_completion({"model": "m"}, DEFAULTS)
+    assert (str(raised.value), raised.value.param) == ("'messages' is required", "messages")
+    with pytest.raises(BadRequestError) as raised:
+        parse_chat_completion({"messages": USER, "extra": 1, "another": 2}, DEFAULTS)
+    assert (str(raised.value), raised.value.param) == ("unknown field 'another'", "another")
+
+
+def test_exact_refusals_for_rows_and_messages():
+    assert str(refusal([])) == "the request holds no rows"
+    assert str(refusal({"messages": []})) == "row 0: 'messages' is empty"
+    assert str(refusal({"messages": [{"role": "robot", "content": "x"}]})) == (
+        "row 0: messages[0]: unknown role 'robot' (expected one of system, user, assistant)"
+    )
+    tool = {"role": "assistant", "content": "x", "function_call": {"name": "f"}}
+    assert (
+        str(refusal({"messages": [tool, *USER]})) == "row 0: messages[0].function_call is not supported by this model"
+    )
+    assert str(refusal({"messages": [{"role": "assistant", "content": "x"}]})) == (
+        "row 0: the last message must not be the assistant's"
+    )
+    for role in ("system", "user"):
+        [row] = parse_requests({"messages": [{"role": role, "content": "x"}]}, None, DEFAULTS)
+        assert row.messages == ({"role": role, "content": "x"},)
+    assistant_then_user = [{"role": "assistant", "content": "a"}, *USER]
+    assert parse_requests({"messages": assistant_then_user}, None, DEFAULTS)[0].messages[0]["role"] == "assistant"
+    assert str(refusal({"messages": [{"role": "user", "content": [{"type": "text", "text": 1}]}]})).startswith(
+        "row 0: messages[0].content: only text parts are supported, got "
+    )
+
+
+def test_settings_errors_name_the_field_and_quote_the_input():
+    assert str(refusal({"messages": USER, "top_p": 2.0})) == (
+        "row 0: 'top_p': Input should be less than or equal to 1, got 2.0"
+    )
+    error = refusal({"messages": USER, "max_tokens": 3, "min_tokens": 4})
+    assert (str(error), error.param) == ("row 0: min_tokens (4) must not exceed max_tokens (3)", "min_tokens")
+    [row] = parse_requests({"messages": USER, "max_completion_tokens": 5, "max_tokens": 6}, None, DEFAULTS)
+    assert row.settings.max_tokens == 6  # max_tokens wins over its newer name
+    [row] = parse_requests({"messages": USER, "max_completion_tokens": float("nan")}, None, DEFAULTS)
+    assert row.settings.max_tokens == 16 and not row.settings.max_tokens_explicit
