@@ -44,7 +44,7 @@ class Served:
                     return found.value
         return 0.0
 
-    def wait_for(self, sample: str, at_least: float, timeout: float = 120, **labels: str) -> float:
+    def wait_for(self, sample: str, at_least: float, timeout: float = 60, **labels: str) -> float:
         """Poll a metric until it reaches `at_least` (bounded in time); return its last value."""
         deadline = time.monotonic() + timeout
         value = self.metric(sample, **labels)
