@@ -427,3 +427,15 @@ def test_settings_errors_name_the_field_and_quote_the_input():
     assert row.settings.max_tokens == 6  # max_tokens wins over its newer name
     [row] = parse_requests({"messages": USER, "max_completion_tokens": float("nan")}, None, DEFAULTS)
     assert row.settings.max_tokens == 16 and not row.settings.max_tokens_explicit
+
+
+def test_usage_is_streamed_only_when_asked_and_bad_stream_options_are_quoted():
+    assert not parse_chat_completion({"messages": USER, "stream": True}, DEFAULTS).include_usage
+    with_usage = {"messages": USER, "stream": True, "stream_options": {"include_usage": True}}
+    assert parse_chat_completion(with_usage, DEFAULTS).include_usage
+    with pytest.raises(BadRequestError) as raised:
+        parse_chat_completion({"messages": USER, "stream_options": {"x": 1}}, DEFAULTS)
+    assert str(raised.value) == "'stream_options' must be {\"include_usage\": bool}, got {'x': 1}"
+    with pytest.raises(BadRequestError) as raised:
+        parse_chat_completion({"messages": USER, "stream_options": {"include_usage": "yes"}}, DEFAULTS)
+    assert str(raised.value) == "'stream_options.include_usage' must be a boolean, got 'yes'"

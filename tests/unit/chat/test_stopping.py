@@ -28,3 +28,8 @@ def test_the_earliest_stop_wins_whatever_the_order_of_the_list():
 )
 def test_visible_prefix(text, stops, finished, visible):
     assert visible_prefix(text, stops, finished) == visible
+
+
+def test_a_stop_string_that_occurs_twice_ends_the_answer_at_its_first_occurrence():
+    assert first_stop("a.b.c", ["."]) == 1
+    assert visible_prefix("a.b.c", ["."], finished=True) == "a"
