@@ -439,3 +439,24 @@ def test_usage_is_streamed_only_when_asked_and_bad_stream_options_are_quoted():
     with pytest.raises(BadRequestError) as raised:
         parse_chat_completion({"messages": USER, "stream_options": {"include_usage": "yes"}}, DEFAULTS)
     assert str(raised.value) == "'stream_options.include_usage' must be a boolean, got 'yes'"
+
+
+@pytest.mark.parametrize(
+    ("body", "message", "param"),
+    [
+        ([], "the request body must be a JSON object, got list", None),
+        ({"messages": USER, "stream": "yes"}, "'stream' must be a boolean, got 'yes'", "stream"),
+        ({"messages": USER, "model": 3}, "'model' must be a string, got 3", "model"),
+        ({"messages": USER, "top_k": 0}, "'top_k': Input should be greater than or equal to 1, got 0", "top_k"),
+        ({"messages": USER, "logprobs": True}, "'logprobs' is not supported by this model (got True)", "logprobs"),
+    ],
+)
+def test_exact_chat_completion_refusals(body, message, param):
+    with pytest.raises(BadRequestError) as raised:
+        parse_chat_completion(body, DEFAULTS)
+    assert (str(raised.value), raised.value.param) == (message, param)
+
+
+def test_max_completion_tokens_is_a_known_chat_completion_field():
+    parsed = parse_chat_completion({"messages": USER, "max_completion_tokens": 7}, DEFAULTS)
+    assert parsed.request.settings.max_tokens == 7 and parsed.request.settings.max_tokens_explicit
