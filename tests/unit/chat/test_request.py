@@ -460,3 +460,31 @@ def test_exact_chat_completion_refusals(body, message, param):
 def test_max_completion_tokens_is_a_known_chat_completion_field():
     parsed = parse_chat_completion({"messages": USER, "max_completion_tokens": 7}, DEFAULTS)
     assert parsed.request.settings.max_tokens == 7 and parsed.request.settings.max_tokens_explicit
+
+
+def test_quote_keeps_a_representation_of_quote_chars_and_cuts_a_longer_one():
+    from slmflow.chat.request import quote
+
+    assert quote("x" * (QUOTE_CHARS - 2)) == repr("x" * (QUOTE_CHARS - 2))  # exactly QUOTE_CHARS characters
+    wide = {"k" * 150: "v" * 150, "l" * 150: "w" * 150}
+    assert len(repr(wide)) > QUOTE_CHARS
+    quoted = quote(wide)
+    assert len(quoted) == QUOTE_CHARS + 3 and quoted.startswith("{'kkk") and quoted.endswith("v...")
+
+
+def test_exact_refusals_of_message_shapes():
+    from slmflow.chat.request import parse_messages
+
+    for bad, message in [
+        ("hi", "'messages' must be a list of messages, got 'hi'"),
+        ([42], "messages[0] must be an object with 'role' and 'content'"),
+        ([{"role": "user", "content": 42}], "messages[0].content must be a string, got int 42"),
+        (
+            [{"role": "user", "content": [{"type": "image_url"}]}],
+            "messages[0].content: only text parts are supported, got {'type': 'image_url'}",
+        ),
+    ]:
+        with pytest.raises(BadRequestError) as raised:
+            parse_messages(bad)
+        assert str(raised.value) == message
+    assert str(refusal([42])) == "row 0: expected an object, got int"
