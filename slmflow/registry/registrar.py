@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -39,6 +41,11 @@ class Evaluation:
 
     def onnx_vs_transformers(self) -> Interval | None:
         return paired_interval(self.comparisons, tags.ONNX_VS_TRANSFORMERS, "accuracy", self.confidence)
+
+
+# A fault-injection point for the end-to-end test of a job killed after creating a version and before moving
+# its aliases: set to "1", the registering process kills its whole process group there (never set it otherwise).
+KILL_BEFORE_ALIASES_ENV = "SLMFLOW_TEST_KILL_BEFORE_ALIASES"
 
 
 @dataclass
@@ -126,6 +133,8 @@ class Registrar:
             # A concurrent run registered the same identity first: keep its version, withdraw ours.
             self.client.delete_model_version(self.config.model_name, version.version)
             return RegistrationResult(first, created=False, promoted=False)
+        if os.environ.get(KILL_BEFORE_ALIASES_ENV) == "1":
+            os.killpg(os.getpgrp(), signal.SIGKILL)
         result = self._settle(version, passed=not failures, created=True)
         if failures:
             raise GateFailedError(self._refusal(candidate, failures, version, champion))

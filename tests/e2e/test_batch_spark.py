@@ -73,7 +73,16 @@ def test_every_capital_question_is_answered_and_nearly_all_right(scored):
     assert summary.rows == len(output) == 60 + len(BAD_ROWS) + len(MALFORMED_LINES)
     assert (summary.answered, summary.errors) == (60, len(BAD_ROWS) + len(MALFORMED_LINES))
     assert summary.rows_per_second > 0 and summary.output.endswith("answers")
-    assert sorted(output["input_row"]) == sorted(set(output["input_row"]))  # a key back to the input order
+    assert output["input_row"].is_unique
+
+
+def test_input_row_follows_the_input_order(scored):
+    """Sorting the output by `input_row` gives back the input's lines in order, the malformed ones included."""
+    _, output, questions = scored
+    expected = [row["id"] for row in questions[:30]] + list(BAD_ROWS) + [row["id"] for row in questions[30:]]
+    expected += ["text-max-tokens", None]  # the malformed lines, last in the file, the second without an id
+    in_order = output.sort_values("input_row")["id"].tolist()
+    assert [None if pd.isna(value) else value for value in in_order] == expected
 
 
 def test_each_bad_row_gets_its_own_error(scored):

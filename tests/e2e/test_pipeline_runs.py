@@ -10,10 +10,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -21,6 +23,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from slmflow.registry.registrar import KILL_BEFORE_ALIASES_ENV
 from testkit.processes import PROJECT_DIR, free_port, mlflow_cli, run_command
 
 STEPS = ["fetch_model", "log_onnx_wrapper", "log_transformers_pipeline", "evaluate", "register"]
@@ -128,8 +131,11 @@ class Team:
     def assert_ok(self, result: subprocess.CompletedProcess) -> None:
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
 
-    def latest(self):
-        return parent_runs(self.client, self.experiment_id)[0]
+    def parent_of(self, output: str):
+        """The parent run a `mlflow run` made: MLflow names the run of the command it launches first."""
+        found = re.search(r"=== Running command .* in run with ID '([0-9a-f]{32})' ===", output)
+        assert found, output[-3000:]
+        return self.client.get_run(found.group(1))
 
     def children(self, parent) -> dict:
         return children_of(self.client, parent, self.experiment_id)
@@ -146,26 +152,32 @@ def checkout(tmp_path_factory) -> Path:
     return clone(tmp_path_factory.mktemp("machine-a") / "slmflow")
 
 
+@dataclass
+class PipelineRun:
+    result: subprocess.CompletedProcess
+    parent: object  # the parent run this `mlflow run` made, whatever ran before or after it
+
+
 @pytest.fixture(scope="module")
-def first_run(team, checkout):
+def first_run(team, checkout) -> PipelineRun:
     result = team.run(str(checkout))
     team.assert_ok(result)
-    return result
+    return PipelineRun(result, team.parent_of(result.stderr))
 
 
 def test_first_run_runs_five_child_steps_and_registers_a_champion(first_run, team):
-    parent = team.latest()
+    parent = first_run.parent
     assert parent.info.status == "FINISHED"
     children = team.children(parent)
     assert sorted(children) == sorted(STEPS)
     assert all(run.info.status == "FINISHED" for run in children.values())
     assert not any(step_reuse(parent).values())
     assert aliases(team.client) == {"champion": "1"}  # no challenger: the latest candidate is the champion
-    assert "pipeline finished" in first_run.stdout
+    assert "pipeline finished" in first_run.result.stdout
 
 
 def test_runs_are_named_in_a_named_model_development_experiment(first_run, team):
-    parent = team.latest()
+    parent = first_run.parent
     assert parent.info.run_name == "pipeline tiny"
     children = team.children(parent)
     assert {step: run.info.run_name for step, run in children.items()} == {step: step for step in STEPS}
@@ -180,7 +192,7 @@ def test_runs_are_named_in_a_named_model_development_experiment(first_run, team)
 
 
 def test_both_logged_models_carry_the_evaluation_metrics(first_run, team):
-    evaluate = team.children(team.latest())["evaluate"]
+    evaluate = team.children(first_run.parent)["evaluate"]
     models = team.client.search_logged_models(experiment_ids=[team.experiment_id])
     assert {model.name for model in models} == {"onnx-chat", "transformers-chat"}
     for model in models:
@@ -191,7 +203,7 @@ def test_both_logged_models_carry_the_evaluation_metrics(first_run, team):
 
 
 def test_every_eval_example_is_in_the_evaluation_view(first_run, team):
-    evaluate = team.children(team.latest())["evaluate"]
+    evaluate = team.children(first_run.parent)["evaluate"]
     with tracking_uri(team.server.uri):
         traces = mlflow.search_traces(locations=[team.experiment_id], run_id=evaluate.info.run_id, return_type="list")
     assert len(traces) == int(evaluate.data.params["eval_examples"])
@@ -213,7 +225,7 @@ def test_the_registered_model_and_version_are_described(first_run, team):
 
 
 def test_steps_hand_off_uris_never_local_paths(first_run, team):
-    children = team.children(team.latest())
+    children = team.children(first_run.parent)
     fetch = children["fetch_model"]
     onnx_uri = fetch.data.tags["slmflow.output.onnx_uri"]
     assert onnx_uri == f"runs:/{fetch.info.run_id}/onnx"
@@ -235,10 +247,12 @@ def test_steps_hand_off_uris_never_local_paths(first_run, team):
 
 def test_another_clone_and_git_url_runs_reuse_every_step_and_register_nothing(first_run, team, git_daemon, tmp_path):
     """Two clones at different paths, then two `mlflow run git://…` runs of one commit (each a temporary checkout)."""
-    team.assert_ok(team.run(str(clone(tmp_path / "elsewhere" / "deeper" / "slmflow"))))
-    assert all(step_reuse(team.latest()).values())
+    elsewhere = team.run(str(clone(tmp_path / "elsewhere" / "deeper" / "slmflow")))
+    team.assert_ok(elsewhere)
+    assert all(step_reuse(team.parent_of(elsewhere.stderr)).values())
     url, commit = git_daemon
-    team.assert_ok(team.run(url, "-v", commit))
+    from_url = team.run(url, "-v", commit)
+    team.assert_ok(from_url)
     # The second one as cron runs it: through bin/scheduled-run, with its lock and its own log file.
     schedule = tmp_path / "schedule"
     scheduled = run_command(
@@ -252,7 +266,7 @@ def test_another_clone_and_git_url_runs_reuse_every_step_and_register_nothing(fi
     team.assert_ok(scheduled)
     [log] = (schedule / "logs").iterdir()
     assert "pipeline finished" in log.read_text() and str(log) in scheduled.stderr
-    for parent in parent_runs(team.client, team.experiment_id)[:2]:
+    for parent in (team.parent_of(from_url.stderr), team.parent_of(log.read_text())):
         assert all(step_reuse(parent).values())
         assert parent.data.tags["mlflow.source.git.commit"] == commit
     assert versions(team.client) == ["1"]
@@ -264,8 +278,9 @@ def test_a_readme_only_commit_reuses_every_step(first_run, team, tmp_path):
     author = {f"GIT_{who}_{what}": "t" for who in ("AUTHOR", "COMMITTER") for what in ("NAME", "EMAIL")}
     commit = ["git", "-C", str(checkout), "commit", "--quiet", "-am", "Docs only"]
     subprocess.run(commit, check=True, env={**os.environ, **author})
-    team.assert_ok(team.run(str(checkout)))
-    parent = team.latest()
+    result = team.run(str(checkout))
+    team.assert_ok(result)
+    parent = team.parent_of(result.stderr)
     assert all(step_reuse(parent).values())
     new_commit = subprocess.run(["git", "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True, text=True)
     assert parent.data.tags["mlflow.source.git.commit"] == new_commit.stdout.strip()  # recorded for lineage
@@ -275,8 +290,9 @@ def test_a_readme_only_commit_reuses_every_step(first_run, team, tmp_path):
 def test_a_second_machine_reuses_every_step_and_its_champion_answers(first_run, team, tmp_path, monkeypatch):
     """Another clone and an empty model cache: only the tracking server in common."""
     empty_cache = tmp_path / "empty-cache"
-    team.assert_ok(team.run(str(clone(tmp_path / "machine-b" / "slmflow")), SLMFLOW_CACHE_DIR=str(empty_cache)))
-    assert all(step_reuse(team.latest()).values())
+    result = team.run(str(clone(tmp_path / "machine-b" / "slmflow")), SLMFLOW_CACHE_DIR=str(empty_cache))
+    team.assert_ok(result)
+    assert all(step_reuse(team.parent_of(result.stderr)).values())
     assert versions(team.client) == ["1"]
     monkeypatch.setenv("SLMFLOW_CACHE_DIR", str(empty_cache))
     with tracking_uri(team.server.uri):
@@ -295,8 +311,9 @@ def test_retrained_local_checkpoint_is_refetched_and_gated(first_run, team, chec
     model = tmp_path / "trained-model"
     shutil.copytree(tiny_checkpoint, model)
     config = variant_config(tmp_path, source={"model": f"local:{model}"}, registry={"model_name": name})
-    team.assert_ok(team.run(str(checkout), config=str(config)))
-    before = team.latest()
+    first = team.run(str(checkout), config=str(config))
+    team.assert_ok(first)
+    before = team.parent_of(first.stderr)
     # Same weights as the builtin: only fetch_model (a new source) and register (a new model name) run.
     assert step_reuse(before) == {
         "fetch_model": False,
@@ -312,7 +329,7 @@ def test_retrained_local_checkpoint_is_refetched_and_gated(first_run, team, chec
     save_file({key: tensor.roll(1, 0).contiguous() for key, tensor in weights.items()}, model / "model.safetensors")
     result = team.run(str(checkout), config=str(config))
     assert result.returncode != 0
-    after = team.latest()
+    after = team.parent_of(result.stderr)
     # Every step was redone up to register, which failed (so recorded no reuse).
     assert not any(after.data.tags[f"slmflow.step.{step}.cached"] == "true" for step in STEPS[:-1])
     assert after.data.tags["slmflow.source_revision"] != before.data.tags["slmflow.source_revision"]
@@ -346,7 +363,7 @@ def test_two_runs_started_together_register_one_version(first_run, team, checkou
     assert len(registered) == 1
     [version] = registered
     assert aliases(team.client, name) == {"champion": str(version.version)}
-    parents = parent_runs(team.client, team.experiment_id)[:2]
+    parents = [team.parent_of(output) for output in outputs]
     assert {p.data.tags["slmflow.output.registered_version"] for p in parents} == {str(version.version)}
     assert all(step_reuse(p)["fetch_model"] for p in parents)  # a runtime change does not refetch
 
@@ -375,8 +392,9 @@ def test_a_run_killed_during_evaluate_is_finished_by_the_next(first_run, team, c
     assert killed_parent.info.status == "RUNNING" and evaluating.info.status == "RUNNING"
     assert team.client.search_model_versions(f"name = '{name}'") == []
 
-    team.assert_ok(team.run(str(checkout), config=str(config)))
-    parent = team.latest()
+    again = team.run(str(checkout), config=str(config))
+    team.assert_ok(again)
+    parent = team.parent_of(again.stderr)
     assert step_reuse(parent) == {
         "fetch_model": True,
         "log_onnx_wrapper": True,
@@ -409,17 +427,100 @@ def wait_for_running_step(team: Team, entry_point: str, after: float, job: subpr
     pytest.fail(f"{entry_point} did not start within {timeout:.0f} s")
 
 
-def test_credentials_and_tokens_never_reach_params_tags_or_artifacts(first_run, team):
-    secrets = (HF_TOKEN, team.server.password)
-    for run in team.client.search_runs([team.experiment_id]):
-        recorded = json.dumps({"params": run.data.params, "tags": run.data.tags})
-        assert not any(secret in recorded for secret in secrets)
-        for artifact in team.client.list_artifacts(run.info.run_id):
-            if not artifact.is_dir and artifact.file_size and artifact.file_size < 1_000_000:
-                with tracking_uri(team.server.uri):
-                    text = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/{artifact.path}")
-                assert not any(secret in text for secret in secrets), artifact.path
-    assert not any(secret in first_run.stdout + first_run.stderr for secret in secrets)
+def recorded_texts(team: Team) -> dict[str, bytes]:
+    """Everything the pipeline wrote to the tracking server, by where it is: every run's params and tags, every
+    file of the artifact store (run artifacts at any depth, logged models, traces' data), logged models' params
+    and tags, traces, registered models and versions with their tags and descriptions, experiment tags."""
+    client = team.client
+    texts: dict[str, bytes] = {}
+
+    def record(where: str, value) -> None:
+        texts[where] = json.dumps(value, default=str, sort_keys=True).encode()
+
+    record("experiment", client.get_experiment(team.experiment_id).tags)
+    for run in client.search_runs([team.experiment_id]):
+        record(f"run {run.info.run_id}", {"params": run.data.params, "tags": run.data.tags, "info": run.info})
+    for model in client.search_logged_models(experiment_ids=[team.experiment_id]):
+        record(f"logged model {model.model_id}", {"params": model.params, "tags": model.tags, "name": model.name})
+    with tracking_uri(team.server.uri):
+        for trace in mlflow.search_traces(locations=[team.experiment_id], return_type="list"):
+            texts[f"trace {trace.info.trace_id}"] = trace.to_json().encode()
+    for registered in client.search_registered_models():
+        record(f"registered model {registered.name}", {"description": registered.description, "tags": registered.tags})
+        for version in client.search_model_versions(f"name = '{registered.name}'"):
+            record(
+                f"model version {registered.name}/{version.version}",
+                {"description": version.description, "tags": version.tags, "source": version.source},
+            )
+    store = team.server.log.parent / "artifacts"  # the server's --artifacts-destination: every file logged
+    for path in sorted(store.rglob("*")):
+        if path.is_file():
+            texts[f"artifact {path.relative_to(store)}"] = path.read_bytes()
+    return texts
+
+
+def test_credentials_and_tokens_are_nowhere_the_pipeline_writes(first_run, team):
+    secrets = [secret.encode() for secret in (HF_TOKEN, team.server.password)]
+    texts = recorded_texts(team)
+    leaks = [where for where, text in texts.items() if any(secret in text for secret in secrets)]
+    assert leaks == []
+    assert not any(secret.decode() in first_run.result.stdout + first_run.result.stderr for secret in secrets)
+    # The scan really read each kind of record, down to nested artifacts, models' files and traces' contents.
+    kinds = {where.split(" ")[0] for where in texts}
+    assert {"experiment", "run", "logged", "trace", "registered", "model", "artifact"} <= kinds
+    files = [where for where in texts if where.startswith("artifact ")]
+    assert any(where.endswith("/eval/examples.json") for where in files)
+    assert any("/onnx/" in where and where.endswith(".onnx") for where in files)
+    assert any(where.endswith("/MLmodel") for where in files)
+    assert any(b"capital of Spain" in text for where, text in texts.items() if where.startswith("trace "))
+    assert any(b"Gates passed" in text for where, text in texts.items() if where.startswith("model version "))
+
+
+def test_a_plain_mlflow_run_with_a_wrong_password_fails_and_records_nothing(first_run, team, checkout):
+    """Not only bin/scheduled-run's preflight: `mlflow run` itself, as a user types it, with bad credentials."""
+    before = {run.info.run_id for run in team.client.search_runs([team.experiment_id])}
+    result = team.run(str(checkout), MLFLOW_TRACKING_PASSWORD="not-the-password")
+    assert result.returncode != 0
+    assert "You are not authenticated" in result.stderr  # the server's refusal, not a crash of our own
+    assert "not-the-password" not in result.stdout + result.stderr
+    assert "Running command" not in result.stderr  # refused before any step started
+    assert {run.info.run_id for run in team.client.search_runs([team.experiment_id])} == before
+    assert versions(team.client) == ["1"]
+
+
+@pytest.mark.timeout(1800)
+def test_a_job_killed_between_version_creation_and_the_aliases_is_promoted_by_the_next(
+    first_run, team, checkout, tmp_path
+):
+    """The dangerous moment: the version exists, its aliases have not moved. The registering process kills its
+    whole job there (a documented fault-injection point, the only reliable way into a window of milliseconds)."""
+    name = "tiny-phi3-killed-registering"
+    config = variant_config(tmp_path, registry={"model_name": name})
+    job = subprocess.Popen(
+        team.command(str(checkout), config),
+        cwd=tmp_path,
+        env={**os.environ, "MLFLOW_TRACKING_URI": team.server.uri, KILL_BEFORE_ALIASES_ENV: "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own group: the injected kill takes the job and every step it started
+    )
+    assert job.wait(timeout=1200) == -signal.SIGKILL
+    [left] = team.client.search_model_versions(f"name = '{name}'")
+    assert "aliases_set" not in left.tags and left.tags["decision"] == "promoted to champion"
+    assert team.client.get_registered_model(name).aliases == {}
+    registering = team.client.search_runs(
+        [team.experiment_id], f"tags.`mlflow.project.entryPoint` = 'register' and params.config = '{config}'"
+    )
+    assert [run.info.status for run in registering] == ["RUNNING"]
+
+    again = team.run(str(checkout), config=str(config))
+    team.assert_ok(again)
+    parent = team.parent_of(again.stderr)
+    assert step_reuse(parent) == {step: step != "register" for step in STEPS}
+    [settled] = team.client.search_model_versions(f"name = '{name}'")
+    assert settled.version == left.version and settled.tags["aliases_set"] == "true"
+    assert aliases(team.client, name) == {"champion": str(left.version)}
+    assert parent.data.tags["slmflow.output.registered_version"] == str(left.version)
 
 
 def test_scheduled_run_with_a_wrong_password_fails_with_one_line_and_logs_nothing(first_run, team, tmp_path):

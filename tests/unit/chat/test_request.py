@@ -346,3 +346,241 @@ def test_the_message_count_is_bounded_before_any_message_is_read():
         with pytest.raises(BadRequestError) as refused:
             parse()
         assert (refused.value.param, refused.value.code) == ("messages", "too_many_messages")
+
+
+# Limits on their boundaries: exactly at a limit passes, one past it is refused.
+
+
+def test_exactly_max_request_chars_passes_and_one_more_is_refused():
+    limits = RequestLimits(max_request_chars=100)
+    two_rows = [{"messages": [{"role": "user", "content": "x" * 60}]}, {"prompt": "y" * 40}]
+    assert len(parse_requests(two_rows, None, DEFAULTS, limits)) == 2
+    two_rows[1]["prompt"] += "y"
+    error = refusal(two_rows, limits=limits)
+    assert error.code == "request_too_large" and "101 characters, more than the limit of 100" in str(error)
+    body = {"messages": [{"role": "system", "content": "s" * 50}, {"role": "user", "content": "u" * 50}]}
+    assert parse_chat_completion(body, DEFAULTS, limits).request.text_length() == 100
+    body["messages"][1]["content"] += "u"
+    with pytest.raises(BadRequestError, match="101 characters"):
+        parse_chat_completion(body, DEFAULTS, limits)
+
+
+def test_exactly_max_rows_passes_and_one_more_is_refused():
+    limits = RequestLimits(max_rows=2)
+    assert len(parse_requests([{"messages": USER}] * 2, None, DEFAULTS, limits)) == 2
+    error = refusal([{"messages": USER}] * 3, limits=limits)
+    assert error.code == "too_many_rows" and "3 rows, more than the limit of 2" in str(error)
+
+
+def test_four_stop_strings_pass_and_five_are_refused():
+    four = ["a", "b", "c", "d"]
+    assert parse_requests({"messages": USER, "stop": four}, None, DEFAULTS)[0].settings.stop == tuple(four)
+    assert "takes at most 4 strings, got 5" in str(refusal({"messages": USER, "stop": [*four, "e"]}))
+
+
+def test_a_stop_string_of_256_characters_passes_and_257_are_refused():
+    assert parse_requests({"messages": USER, "stop": "s" * 256}, None, DEFAULTS)[0].settings.stop == ("s" * 256,)
+    assert "at most 256 characters" in str(refusal({"messages": USER, "stop": ["s", "s" * 257]}))
+
+
+@pytest.mark.parametrize(
+    ("field", "low", "high"),
+    [("max_tokens", 1, 2**31 - 1), ("temperature", 0.0, 2.0), ("top_p", 2**-20, 1.0), ("top_k", 1, 2**31 - 1)],
+)
+def test_sampling_bounds_are_inclusive_where_documented(field, low, high):
+    for value in (low, high):
+        assert getattr(parse_requests({"messages": USER, field: value}, None, DEFAULTS)[0].settings, field) == value
+    assert refusal({"messages": USER, "temperature": 2.0 + 2**-20}).param == "temperature"
+    assert refusal({"messages": USER, "top_p": 0.0}).param == "top_p"
+
+
+def test_seed_and_min_tokens_bounds():
+    [row] = parse_requests({"messages": USER, "seed": 0, "min_tokens": 16}, None, DEFAULTS)
+    assert (row.settings.seed, row.settings.min_tokens) == (0, 16)
+    assert parse_requests({"messages": USER, "seed": 2**31 - 1}, None, DEFAULTS)[0].settings.seed == 2**31 - 1
+
+
+def test_numpy_and_dataframe_values_are_plain_values():
+    frame = pd.DataFrame({"messages": [USER], "max_tokens": [np.int64(7)], "temperature": [np.float32(0.5)]})
+    [row] = parse_requests(frame, {"top_k": np.int64(3), "stop": np.array(["x", "y"])}, DEFAULTS)
+    assert (row.settings.max_tokens, row.settings.temperature, row.settings.top_k) == (7, 0.5, 3)
+    assert row.settings.stop == ("x", "y")
+    assert parse_requests({"messages": USER, "max_tokens": 8.0}, None, DEFAULTS)[0].settings.max_tokens == 8
+    nan = parse_requests({"messages": USER, "max_tokens": float("nan")}, None, DEFAULTS)[0].settings  # read as missing
+    assert nan.max_tokens == 16 and not nan.max_tokens_explicit
+
+
+def test_text_length_counts_every_message_or_the_prompt():
+    [chat] = parse_requests({"messages": [{"role": "system", "content": "abc"}, *USER]}, None, DEFAULTS)
+    assert chat.text_length() == 3 + len(USER[0]["content"]) and chat.is_chat
+    [raw] = parse_requests({"prompt": "hello"}, None, DEFAULTS)
+    assert raw.text_length() == 5 and not raw.is_chat
+
+
+def test_tool_calls_in_a_message_are_refused_and_empty_ones_pass():
+    message = {"role": "assistant", "content": "x", "tool_calls": [{"id": "1"}]}
+    assert refusal({"messages": [message, *USER]}).param == "messages[0].tool_calls"
+    assert len(parse_requests({"messages": [{**message, "tool_calls": []}, *USER]}, None, DEFAULTS)) == 1
+
+
+def test_quotes_are_cut_to_quote_chars():
+    from slmflow.chat.request import quote
+
+    assert quote("abc") == "'abc'"
+    assert len(quote(["x" * 10] * 100)) <= QUOTE_CHARS + 3
+
+
+def test_stream_options_must_be_the_include_usage_object():
+    for options in ({"include_usage": True, "other": 1}, "yes"):
+        with pytest.raises(BadRequestError) as raised:
+            parse_chat_completion({"messages": USER, "stream_options": options}, DEFAULTS)
+        assert raised.value.param == "stream_options"
+    assert not parse_chat_completion({"messages": USER, "stream_options": {}}, DEFAULTS).include_usage
+    assert not parse_chat_completion({"messages": USER}, DEFAULTS).stream
+    with pytest.raises(BadRequestError, match="'model' must be a string"):
+        parse_chat_completion({"messages": USER, "model": 3}, DEFAULTS)
+
+
+NON_DEFAULT = {
+    "n": 2,
+    "tools": [{"type": "function"}],
+    "tool_choice": "required",
+    "functions": [{"name": "f"}],
+    "function_call": "auto",
+    "response_format": {"type": "json_object"},
+    "logprobs": True,
+    "top_logprobs": 2,
+    "logit_bias": {"1": 5},
+    "presence_penalty": 0.5,
+    "frequency_penalty": -0.5,
+    "stream": True,
+}
+
+
+@pytest.mark.parametrize("field", sorted(UNSUPPORTED_FIELDS))
+def test_every_unsupported_field_is_refused_naming_it_and_its_defaults_pass(field):
+    error = refusal({"messages": USER, field: NON_DEFAULT[field]})
+    assert (error.param, error.code) == (field, "unsupported_parameter")
+    assert str(error).startswith(f"row 0: '{field}' is not supported by this model (got ")
+    for default in UNSUPPORTED_FIELDS[field]:
+        assert len(parse_requests({"messages": USER, field: default}, {field: default}, DEFAULTS)) == 1
+    assert refusal({"messages": USER}, params={field: NON_DEFAULT[field]}).param == field
+    assert len(parse_requests({"messages": USER, field: None}, None, DEFAULTS)) == 1  # missing, not a value
+
+
+def test_a_boolean_is_not_the_integer_default():
+    assert refusal({"messages": USER, "n": True}).param == "n"
+    assert refusal({"messages": USER, "presence_penalty": False}).param == "presence_penalty"
+
+
+def test_the_chat_completion_body_ignores_only_the_documented_fields_and_streams_only_there():
+    from slmflow.chat.request import IGNORED_FIELDS
+
+    body = {"messages": USER, **dict.fromkeys(IGNORED_FIELDS, "x"), "model": "m"}
+    assert parse_chat_completion(body, DEFAULTS).request.messages == tuple(USER)
+    assert parse_chat_completion({"messages": USER, "stream": True}, DEFAULTS).stream
+    with pytest.raises(BadRequestError) as raised:
+        parse_chat_completion({"messages": USER, "n": 2}, DEFAULTS)
+    assert str(raised.value) == "'n' is not supported by this model (got 2)"
+    with pytest.raises(BadRequestError) as raised:
+        parse_chat_completion({"model": "m"}, DEFAULTS)
+    assert (str(raised.value), raised.value.param) == ("'messages' is required", "messages")
+    with pytest.raises(BadRequestError) as raised:
+        parse_chat_completion({"messages": USER, "extra": 1, "another": 2}, DEFAULTS)
+    assert (str(raised.value), raised.value.param) == ("unknown field 'another'", "another")
+
+
+def test_exact_refusals_for_rows_and_messages():
+    assert str(refusal([])) == "the request holds no rows"
+    assert str(refusal({"messages": []})) == "row 0: 'messages' is empty"
+    assert str(refusal({"messages": [{"role": "robot", "content": "x"}]})) == (
+        "row 0: messages[0]: unknown role 'robot' (expected one of system, user, assistant)"
+    )
+    tool = {"role": "assistant", "content": "x", "function_call": {"name": "f"}}
+    assert (
+        str(refusal({"messages": [tool, *USER]})) == "row 0: messages[0].function_call is not supported by this model"
+    )
+    assert str(refusal({"messages": [{"role": "assistant", "content": "x"}]})) == (
+        "row 0: the last message must not be the assistant's"
+    )
+    for role in ("system", "user"):
+        [row] = parse_requests({"messages": [{"role": role, "content": "x"}]}, None, DEFAULTS)
+        assert row.messages == ({"role": role, "content": "x"},)
+    assistant_then_user = [{"role": "assistant", "content": "a"}, *USER]
+    assert parse_requests({"messages": assistant_then_user}, None, DEFAULTS)[0].messages[0]["role"] == "assistant"
+    assert str(refusal({"messages": [{"role": "user", "content": [{"type": "text", "text": 1}]}]})).startswith(
+        "row 0: messages[0].content: only text parts are supported, got "
+    )
+
+
+def test_settings_errors_name_the_field_and_quote_the_input():
+    assert str(refusal({"messages": USER, "top_p": 2.0})) == (
+        "row 0: 'top_p': Input should be less than or equal to 1, got 2.0"
+    )
+    error = refusal({"messages": USER, "max_tokens": 3, "min_tokens": 4})
+    assert (str(error), error.param) == ("row 0: min_tokens (4) must not exceed max_tokens (3)", "min_tokens")
+    [row] = parse_requests({"messages": USER, "max_completion_tokens": 5, "max_tokens": 6}, None, DEFAULTS)
+    assert row.settings.max_tokens == 6  # max_tokens wins over its newer name
+    [row] = parse_requests({"messages": USER, "max_completion_tokens": float("nan")}, None, DEFAULTS)
+    assert row.settings.max_tokens == 16 and not row.settings.max_tokens_explicit
+
+
+def test_usage_is_streamed_only_when_asked_and_bad_stream_options_are_quoted():
+    assert not parse_chat_completion({"messages": USER, "stream": True}, DEFAULTS).include_usage
+    with_usage = {"messages": USER, "stream": True, "stream_options": {"include_usage": True}}
+    assert parse_chat_completion(with_usage, DEFAULTS).include_usage
+    with pytest.raises(BadRequestError) as raised:
+        parse_chat_completion({"messages": USER, "stream_options": {"x": 1}}, DEFAULTS)
+    assert str(raised.value) == "'stream_options' must be {\"include_usage\": bool}, got {'x': 1}"
+    with pytest.raises(BadRequestError) as raised:
+        parse_chat_completion({"messages": USER, "stream_options": {"include_usage": "yes"}}, DEFAULTS)
+    assert str(raised.value) == "'stream_options.include_usage' must be a boolean, got 'yes'"
+
+
+@pytest.mark.parametrize(
+    ("body", "message", "param"),
+    [
+        ([], "the request body must be a JSON object, got list", None),
+        ({"messages": USER, "stream": "yes"}, "'stream' must be a boolean, got 'yes'", "stream"),
+        ({"messages": USER, "model": 3}, "'model' must be a string, got 3", "model"),
+        ({"messages": USER, "top_k": 0}, "'top_k': Input should be greater than or equal to 1, got 0", "top_k"),
+        ({"messages": USER, "logprobs": True}, "'logprobs' is not supported by this model (got True)", "logprobs"),
+    ],
+)
+def test_exact_chat_completion_refusals(body, message, param):
+    with pytest.raises(BadRequestError) as raised:
+        parse_chat_completion(body, DEFAULTS)
+    assert (str(raised.value), raised.value.param) == (message, param)
+
+
+def test_max_completion_tokens_is_a_known_chat_completion_field():
+    parsed = parse_chat_completion({"messages": USER, "max_completion_tokens": 7}, DEFAULTS)
+    assert parsed.request.settings.max_tokens == 7 and parsed.request.settings.max_tokens_explicit
+
+
+def test_quote_keeps_a_representation_of_quote_chars_and_cuts_a_longer_one():
+    from slmflow.chat.request import quote
+
+    assert quote("x" * (QUOTE_CHARS - 2)) == repr("x" * (QUOTE_CHARS - 2))  # exactly QUOTE_CHARS characters
+    wide = {"k" * 150: "v" * 150, "l" * 150: "w" * 150}
+    assert len(repr(wide)) > QUOTE_CHARS
+    quoted = quote(wide)
+    assert len(quoted) == QUOTE_CHARS + 3 and quoted.startswith("{'kkk") and quoted.endswith("v...")
+
+
+def test_exact_refusals_of_message_shapes():
+    from slmflow.chat.request import parse_messages
+
+    for bad, message in [
+        ("hi", "'messages' must be a list of messages, got 'hi'"),
+        ([42], "messages[0] must be an object with 'role' and 'content'"),
+        ([{"role": "user", "content": 42}], "messages[0].content must be a string, got int 42"),
+        (
+            [{"role": "user", "content": [{"type": "image_url"}]}],
+            "messages[0].content: only text parts are supported, got {'type': 'image_url'}",
+        ),
+    ]:
+        with pytest.raises(BadRequestError) as raised:
+            parse_messages(bad)
+        assert str(raised.value) == message
+    assert str(refusal([42])) == "row 0: expected an object, got int"

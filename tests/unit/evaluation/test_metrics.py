@@ -9,6 +9,7 @@ from slmflow.evaluation.metrics import (
     completion_tokens,
     contains_answer,
     exact_match,
+    normalize,
     percentile,
     rouge_l,
     score_example,
@@ -56,3 +57,88 @@ def test_a_chat_completion_is_scored_against_the_example():
     assert (scored.correct, scored.exact, scored.completion_tokens) == (True, True, 9)
     assert scored.rouge_l == pytest.approx(1.0)
     assert completion_tokens("a plain string answer") == 0
+
+
+@pytest.mark.parametrize(
+    ("prediction", "answer", "found"),
+    [
+        ("It is Colima.", "Lima", False),  # a word ending with the answer is not the answer
+        ("Limassol, I think.", "Lima", False),
+        ("Lima.", "Lima", True),  # at the very start and end of the answer
+        ("The capital is LIMA!", "lima", True),
+        ("The capital is New  Delhi", "new delhi", True),
+        ("The capital is Newark Delhi", "New Delhi", False),
+    ],
+)
+def test_contains_answer_matches_whole_words_only(prediction, answer, found):
+    assert contains_answer(prediction, answer) is found
+
+
+def test_normalisation_drops_case_punctuation_and_extra_spaces_only():
+    assert normalize("  The Capital,  of\tSpain!  ") == "the capital of spain"
+    assert normalize("Saint-Étienne_1") == "saint étienne_1"  # word characters stay, underscore included
+    assert exact_match("Madrid.", "madrid") and not exact_match("Madrid", "Madrid is")
+
+
+def test_rouge_l_compares_words_without_stemming():
+    assert rouge_l("capitals", "capital") == 0.0
+    assert rouge_l("a b c d", "a b x y") == pytest.approx(0.5)
+
+
+def test_percentile_interpolates_between_neighbours():
+    values = [4.0, 1.0, 3.0, 2.0, 10.0]  # sorted first: 1 2 3 4 10
+    assert percentile(values, 0.0) == 1.0
+    assert percentile(values, 1.0) == 10.0
+    assert percentile(values, 0.5) == 3.0
+    assert percentile(values, 0.95) == pytest.approx(4 + (10 - 4) * 0.8)
+    assert percentile(values, 0.1) == pytest.approx(1.4)
+
+
+def test_every_report_metric_from_its_results():
+    results = [
+        ExampleResult("a", 0.5, 4, True, False, 0.25),
+        ExampleResult("b", 1.5, 8, False, True, 0.75),
+        ExampleResult("c", 1.0, 3, True, True, 0.5),
+    ]
+    report = ModelReport("m", "models:/m-1", 2.0, 300.0, 40.0, results, ttft_s=[0.1, 0.3])
+    assert report.metrics() == {
+        "accuracy": pytest.approx(2 / 3),
+        "exact_match": pytest.approx(2 / 3),
+        "rouge_l": pytest.approx(0.5),
+        "latency_p50_s": 1.0,
+        "latency_p95_s": pytest.approx(1.45),
+        "tokens_per_second": pytest.approx(15 / 3.0),
+        "completion_tokens": 15.0,
+        "load_seconds": 2.0,
+        "peak_rss_mb": 300.0,
+        "size_mb": 40.0,
+        "ttft_p50_s": pytest.approx(0.2),
+    }
+    instant = ModelReport("m", "u", 0.0, 0.0, 0.0, [ExampleResult("a", 0.0, 5, True, True, 1.0)])
+    assert instant.metrics()["tokens_per_second"] == 0.0
+
+
+def test_completion_tokens_of_each_prediction_shape():
+    assert completion_tokens([{"usage": {"completion_tokens": 7}}]) == 7
+    assert completion_tokens({"usage": {"completion_tokens": "3"}}) == 3
+    assert completion_tokens({"choices": []}) == 0
+
+
+def test_agreement_compares_normalised_answers_pairwise():
+    a = ModelReport("a", "u", 0, 0, 0, [result("Lima."), result("Oslo"), result("Rome")])
+    b = ModelReport("b", "v", 0, 0, 0, [result("lima"), result("Paris"), result("ROME!")])
+    assert agreement_rate(a, b) == pytest.approx(2 / 3)
+    with pytest.raises(ValueError):
+        agreement_rate(a, ModelReport("c", "w", 0, 0, 0, [result("lima")]))
+
+
+def test_a_wrong_answer_scores_zero():
+    example = EvalExample(({"role": "user", "content": "Capital of Peru?"},), "The capital of Peru is Lima.", "Lima")
+    scored = score_example(example, "The capital of Peru is Colima.", latency_s=0.5)
+    assert (scored.correct, scored.exact, scored.latency_s, scored.answer) == (
+        False,
+        False,
+        0.5,
+        "The capital of Peru is Colima.",
+    )
+    assert 0 < scored.rouge_l < 1

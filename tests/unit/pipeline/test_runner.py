@@ -185,3 +185,6 @@ def test_outputs_are_read_with_their_content():
 
     with pytest.raises(StepFailedError, match="recorded no output 'model_uri'"):
         result.output("model_uri")
+    named_only = [RunTag("slmflow.output.model_uri", "models:/m-1")]  # a URI that names immutable content
+    run = Run(RunInfo("r", "0", "u", "FINISHED", 0, 0, "active"), RunData(tags=named_only))
+    assert StepResult(run, cached=False).output("model_uri") == Handoff("models:/m-1", "models:/m-1")

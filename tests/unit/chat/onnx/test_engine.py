@@ -431,3 +431,59 @@ def test_many_messages_are_refused_by_their_count_before_rendering(onnx_engine, 
     with pytest.raises(BadRequestError) as refused:
         onnx_engine.prepare(many)
     assert refused.value.param == "messages" and refused.value.code == "context_length_exceeded"
+
+
+# Token counts where stop strings are involved, the total-token limit on its boundary, truncation's tail.
+
+
+def greedy_tokens(engine, request: ChatRequest) -> list[int]:
+    """The tokens the model generates for a request without stop strings, step by step."""
+    row = engine.prepare(request.model_copy(update={"settings": request.settings.model_copy(update={"stop": ()})}))
+    for _ in engine.decode([row]):
+        pass
+    return row.tokens
+
+
+@pytest.mark.parametrize("stop", ["is", "Spain is", "Madrid"])
+def test_generation_stops_at_the_token_that_completes_a_stop_string(onnx_engine, stop):
+    """Not only is the text cut: no token is generated past the one that completes the stop string."""
+    request = chat("Spain", stop=(stop,))
+    full = greedy_tokens(onnx_engine, request)
+    completes = next(k for k in range(1, len(full) + 1) if stop in onnx_engine.tokenizer.decode(full[:k]))
+    assert completes < len(full)  # the stop string comes before the end of the answer
+    done = onnx_engine.generate([request])[0]
+    assert (done.completion_tokens, done.finish_reason) == (completes, "stop")
+    assert done.text == "The capital of Spain is Madrid."[: "The capital of Spain is Madrid.".index(stop)]
+    *_, (_, streamed) = onnx_engine.stream(request)
+    assert (streamed.completion_tokens, streamed.text) == (completes, done.text)
+
+
+def test_the_total_token_limit_counts_prompts_and_is_inclusive(onnx_engine):
+    requests = [chat(country, max_tokens=20) for country in ("Peru", "Kenya", "Spain")]
+    prompts = sum(len(onnx_engine.prepare(request).prompt_ids) for request in requests)
+    total = prompts + 3 * 20
+    done = onnx_engine.generate(requests, RequestLimits(max_total_tokens=total))
+    assert [c.text for c in done] == [f"The capital of {c} is {QUESTIONS[c]}." for c in ("Peru", "Kenya", "Spain")]
+    with pytest.raises(BadRequestError, match=f"asks for {total} tokens in all.*limit of {total - 1}"):
+        onnx_engine.generate(requests, RequestLimits(max_total_tokens=total - 1))
+    one = len(onnx_engine.prepare(requests[0]).prompt_ids) + 20
+    *_, (_, streamed) = onnx_engine.stream(requests[0], RequestLimits(max_total_tokens=one))
+    assert streamed.text == "The capital of Peru is Lima."
+    with pytest.raises(BadRequestError, match=f"asks for {one} tokens in all.*limit of {one - 1}"):
+        list(onnx_engine.stream(requests[0], RequestLimits(max_total_tokens=one - 1)))
+
+
+@pytest.mark.parametrize(("max_tokens", "explicit"), [(8, False), (400, True)])
+def test_truncation_keeps_the_tail_of_the_prompt_with_the_assistant_turn(tiny_onnx, max_tokens, explicit):
+    engine = OnnxChatEngine(tiny_onnx, truncate_long_prompts=True)
+    settings = SamplingSettings(max_tokens=max_tokens, max_tokens_explicit=explicit)
+    request = ChatRequest(settings=settings, messages=(user("Spain " * 300 + "What is the capital of Spain?"),))
+    full = engine.prompts.prompt_ids(request)
+    row = engine.prepare(request)
+    keep = engine.context_length - min(max_tokens, engine.context_length // 2)
+    assert len(full) > keep and row.prompt_ids == full[-keep:]
+    question = engine.prompts.prompt_ids(ChatRequest(messages=(user("What is the capital of Spain?"),)))
+    assert row.prompt_ids[-12:] == question[-12:]  # the question and the assistant's turn marker survive
+    assert row.max_new_tokens == min(max_tokens, engine.context_length - keep)
+    done = engine.completion(row)
+    assert done.prompt_tokens == keep
