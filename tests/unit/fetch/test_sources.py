@@ -50,7 +50,7 @@ def test_local_folder_source(settings, tiny_checkpoint, tmp_path):
 
 
 def test_missing_local_folder(settings, tmp_path):
-    with pytest.raises(SourceError, match="local model folder .*absent does not exist"):
+    with pytest.raises(SourceError, match="local model path .*absent does not exist"):
         fetch_model(SourceConfig(model=f"local:{tmp_path / 'absent'}"), settings)
 
 
