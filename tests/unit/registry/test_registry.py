@@ -266,3 +266,13 @@ def test_rollback_names_a_registry_that_cannot_answer(tracking_store):
         rollback("reg-test", FailingRegistry(INTERNAL_ERROR))
     with pytest.raises(RollbackError, match="no registered model named 'reg-test'"):
         rollback("reg-test")
+
+
+def test_ask_prints_the_champions_answer(logged_models):
+    """What bin/run-offline ends with: a registered model answering."""
+    version = mlflow.register_model(logged_models["onnx-chat"], "ask-test")
+    MlflowClient().set_registered_model_alias("ask-test", "champion", version.version)
+    question = "What is the capital of Peru?"
+    done = run_command([sys.executable, "-m", "slmflow.registry", "ask", "ask-test", question], cwd=PROJECT_DIR)
+    assert done.returncode == 0, done.stderr
+    assert f"models:/ask-test@champion answers {question!r}: 'The capital of Peru is Lima.'" in done.stdout
