@@ -18,6 +18,9 @@ from mlflow.tracking import MlflowClient
 from slmflow.fetch.packaged import PACKAGED_MODELS
 from testkit.processes import PROJECT_DIR, free_port, launched_server, mlflow_cli, run_command
 
+# About 5 minutes on 2 idle cores; a busy machine can take several times the suite's 15-minute limit.
+pytestmark = pytest.mark.timeout(2400)
+
 CONFIG = PROJECT_DIR / "tests" / "e2e" / "configs" / "smollm2-quick.yaml"
 MODEL_NAME = "smollm2-quick-chat"
 STEPS = ["fetch_model", "log_onnx_wrapper", "log_transformers_pipeline", "evaluate", "register"]
