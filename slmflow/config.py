@@ -51,12 +51,14 @@ class BuilderOptions(_Section):
 
     precision: Literal["int4", "fp32", "fp16"] = "int4"
     execution_provider: Literal["cpu"] = "cpu"
-    block_size: int = Field(128, ge=16)
+    # 32: on SmolLM2-135M, int4 at block 128 answered 16 of 50 capitals right, at block 32 as many as fp32 (35).
+    block_size: int = Field(32, ge=16)
     accuracy_level: int = Field(4, ge=0, le=4)
 
 
 class SourceConfig(_Section):
-    """Where the model comes from: `builtin:NAME`, `local:PATH`, or a hub repo id at a pinned revision."""
+    """Where the model comes from: `builtin:NAME`, `local:PATH` (a folder or a .gguf file), or a hub repo id
+    at a pinned revision."""
 
     model: str
     revision: str | None = None
@@ -73,6 +75,11 @@ class SourceConfig(_Section):
     onnx: OnnxVariant | None = None
     builder: BuilderOptions = BuilderOptions()
     trust_remote_code: bool = False
+    # A Jinja file (relative to the config) used as the chat template instead of the model's own, or where
+    # it has none (a base model's GGUF).
+    chat_template: Path | None = None
+    # The dtype a GGUF is dequantized to.
+    gguf_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
 
     @property
     def kind(self) -> Literal["builtin", "local", "hub"]:
@@ -303,6 +310,8 @@ class PipelineConfig(_Section):
             data["model"] = LOCAL_PREFIX
         if section == "training" and self.training is not None:
             data["dataset"] = "sha256:" + dataset_digest(self.training.dataset)
+        if section == "source" and self.source.chat_template is not None:
+            data["chat_template"] = "sha256:" + sha256_file(self.source.chat_template)
         return data[field] if field else data
 
 
@@ -354,11 +363,15 @@ def _resolve_paths(config: PipelineConfig, base: Path) -> PipelineConfig:
         update["evaluation"] = config.evaluation.model_copy(update={"eval_set": base / config.evaluation.eval_set})
     if config.training is not None:
         update["training"] = config.training.model_copy(update={"dataset": base / config.training.dataset})
+    source: dict = {}
     if config.source.kind == "local":
-        local = Path(config.source.name)
-        update["source"] = config.source.model_copy(
-            update={"model": LOCAL_PREFIX + str(local if local.is_absolute() else base / local)}
-        )
+        source["model"] = LOCAL_PREFIX + str(base / config.source.name)  # an absolute path stays as it is
+    if config.source.chat_template is not None:
+        template = base / config.source.chat_template
+        if not template.is_file():
+            raise ConfigError(f"source.chat_template: file not found: {template}")
+        source["chat_template"] = template
+    update["source"] = config.source.model_copy(update=source)
     return config.model_copy(update=update)
 
 

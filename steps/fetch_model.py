@@ -1,4 +1,4 @@
-"""Fetch the model (builtin, local folder or hub commit) and its ONNX GenAI form; log both for later steps."""
+"""Fetch the model (builtin, local folder or GGUF, hub commit) and its ONNX GenAI form; log both for later steps."""
 
 import mlflow
 
@@ -16,6 +16,8 @@ def fetch(args, config, settings) -> None:
     mlflow.log_params(
         {"source": fetched.source, "resolved_revision": fetched.revision, "onnx_origin": fetched.onnx_origin}
     )
+    if fetched.gguf is not None:
+        mlflow.log_params({"gguf_sha256": fetched.gguf["sha256"], "gguf_quantization": fetched.gguf["quantization"]})
     mlflow.log_dict(fetched.manifest(), "manifest.json")
     run_id = mlflow.active_run().info.run_id
     # Later steps may run on another machine: they get URIs of what was fetched, never local folders.
@@ -26,7 +28,7 @@ def fetch(args, config, settings) -> None:
         remember_folder(onnx_uri, fetched.onnx_dir, settings)
     else:
         onnx_uri = hub_reference(variant.repo, variant.revision, variant.subfolder)
-    if config.source.kind == "hub":
+    if config.source.kind == "hub" and config.source.chat_template is None:  # else the hub's files are not all of it
         checkpoint_uri = hub_reference(config.source.name, fetched.revision)
     else:
         checkpoint_uri = f"runs:/{run_id}/checkpoint"

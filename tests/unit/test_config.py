@@ -8,7 +8,16 @@ from slmflow.errors import ConfigError
 from testkit.processes import PROJECT_DIR
 
 
-@pytest.mark.parametrize("name", ["tiny.yaml", "phi3-mini-4k-instruct.yaml"])
+SHIPPED_CONFIGS = [
+    "tiny.yaml",
+    "phi3-mini-4k-instruct.yaml",
+    "smollm2-135m-instruct.yaml",
+    "tiny-retrain.yaml",
+    "smollm2-135m-instruct-retrain.yaml",
+]
+
+
+@pytest.mark.parametrize("name", SHIPPED_CONFIGS)
 def test_shipped_configs_load_and_their_eval_items_resolve_their_margins(name):
     from slmflow.evaluation.dataset import load_examples
     from slmflow.registry.rules import margin_problems
@@ -121,6 +130,34 @@ def test_config_hash_is_the_same_from_any_checkout(tmp_path):
     assert hashes[0] == hashes[1]
     (folder / "eval.jsonl").write_text("[]\n")
     assert load_config(folder / "config.yaml").config_hash() != hashes[0]
+
+
+def test_every_shipped_config_builds_int4_at_block_32():
+    for path in sorted((PROJECT_DIR / "configs").glob("*.yaml")):
+        assert load_config(path).source.builder.block_size == 32, path.name
+
+
+@pytest.mark.parametrize("kind", ["builtin:tiny-phi3", "local:model.gguf", "org/name"])
+def test_a_chat_template_file_resolves_beside_the_config_and_counts_by_content(tmp_path, kind):
+    source = {"model": kind, "chat_template": "templates/chat.jinja"}
+    if kind == "org/name":
+        source["revision"] = "a" * 40
+    hashes = []
+    for checkout in ("one", "two/deeper"):
+        folder = tmp_path / checkout
+        (folder / "templates").mkdir(parents=True)
+        (folder / "templates" / "chat.jinja").write_text("{{ messages[0]['content'] }}")
+        config = load_config(write(folder, minimal(source=source)))
+        assert config.source.chat_template == folder / "templates" / "chat.jinja"
+        hashes.append(config.section_hash("source"))
+    assert hashes[0] == hashes[1]
+    (folder / "templates" / "chat.jinja").write_text("{{ messages[-1]['content'] }}")
+    assert load_config(folder / "config.yaml").section_hash("source") != hashes[0]
+
+
+def test_a_missing_chat_template_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"^source.chat_template: file not found: .*absent.jinja$"):
+        load_config(write(tmp_path, minimal(source={"model": "builtin:tiny-phi3", "chat_template": "absent.jinja"})))
 
 
 def test_missing_eval_set_is_named_when_hashed(tmp_path):

@@ -32,6 +32,12 @@ def test_torch_is_the_cpu_build_on_disk():
     assert not {name for name in names if name.startswith("nvidia-")}
 
 
+def test_the_gguf_loaders_packages_are_pinned():
+    """transformers reads GGUF files only with these two installed; neither comes with transformers."""
+    pins = requirement_lines(PROJECT_DIR / "requirements.txt")
+    assert "gguf==0.19.0" in pins and "accelerate==1.15.0" in pins
+
+
 def test_conda_env_installs_the_same_pins():
     conda = yaml.safe_load((PROJECT_DIR / "conda.yaml").read_text())
     pip_section = next(d["pip"] for d in conda["dependencies"] if isinstance(d, dict))

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from slmflow.chat.request import ChatRequest
+from slmflow.templates import read_chat_template
 
 FALLBACK_TOKEN_CHARS = 64  # when the tokenizer's vocabulary cannot be read
 _CONTINUATION_MARK = "\n"  # encoded before a piece that continues a prompt, then dropped
@@ -107,16 +108,3 @@ def read_vocabulary(model_dir: Path) -> Vocabulary:
     pieces = vocab.keys() if isinstance(vocab, dict) else [entry[0] for entry in vocab]
     longest = max((len(piece) for piece in itertools.chain(pieces, (t["content"] for t in added))), default=0)
     return Vocabulary(special, longest or FALLBACK_TOKEN_CHARS)
-
-
-def read_chat_template(model_dir: Path) -> str | None:
-    """The model's chat template, from chat_template.jinja or tokenizer_config.json."""
-    template_file = model_dir / "chat_template.jinja"
-    if template_file.exists():
-        return template_file.read_text()
-    tokenizer_config = model_dir / "tokenizer_config.json"
-    if tokenizer_config.exists():
-        template = json.loads(tokenizer_config.read_text()).get("chat_template")
-        if isinstance(template, str):
-            return template
-    return None

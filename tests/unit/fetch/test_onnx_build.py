@@ -30,7 +30,7 @@ def test_other_quantization_options_reach_the_graph(tiny_checkpoint, tmp_path):
 
 def test_command_uses_the_current_option_names(tmp_path):
     command = builder_command(tmp_path / "in", tmp_path / "out", tmp_path / "c", BuilderOptions())
-    assert command[command.index("--extra_options") + 1 :] == ["accuracy_level=4", "block_size=128"]
+    assert command[command.index("--extra_options") + 1 :] == ["accuracy_level=4", "block_size=32"]
     assert not any("int4_" in part for part in command)
 
 
@@ -67,12 +67,9 @@ def greedy_answers(onnx_dir: Path, conversations: list[list[dict[str, str]]]) ->
     return answers
 
 
-def test_default_block_size_keeps_the_tiny_models_answers(tiny_checkpoint, tiny_onnx, tmp_path):
-    """block_size 128 (the default: fastest at Phi-3-mini's shape) answers exactly as block_size 32 does."""
-    assert BuilderOptions().block_size == 128
+def test_default_block_size_keeps_the_tiny_models_answers(tiny_onnx):
+    """block_size 32 is the default: on SmolLM2-135M, block 128 lost half the right answers."""
+    assert BuilderOptions().block_size == 32
     rows = [json.loads(line) for line in EVAL_SET.read_text().splitlines() if line.strip()]
-    conversations = [row["messages"] for row in rows]
-    block_32 = build_onnx(tiny_checkpoint, tmp_path / "onnx-32", BuilderOptions(block_size=32))
-    answers = greedy_answers(tiny_onnx, conversations)
-    assert answers == greedy_answers(block_32, conversations)
+    answers = greedy_answers(tiny_onnx, [row["messages"] for row in rows])
     assert sum(row["answer"] in answer for row, answer in zip(rows, answers, strict=True)) >= 0.9 * len(rows)

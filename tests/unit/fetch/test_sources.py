@@ -50,7 +50,7 @@ def test_local_folder_source(settings, tiny_checkpoint, tmp_path):
 
 
 def test_missing_local_folder(settings, tmp_path):
-    with pytest.raises(SourceError, match="local model folder .*absent does not exist"):
+    with pytest.raises(SourceError, match="local model path .*absent does not exist"):
         fetch_model(SourceConfig(model=f"local:{tmp_path / 'absent'}"), settings)
 
 
@@ -190,3 +190,26 @@ def test_run_artifacts_are_downloaded_once_and_a_remembered_folder_is_read_in_pl
     assert local_folder(uri, fresh, "genai_config.json") == downloaded
     remember_folder(uri, tiny_onnx, settings)
     assert local_folder(uri, settings, "genai_config.json").resolve() == tiny_onnx.resolve()
+
+
+def test_a_configured_chat_template_replaces_the_models_own_for_every_source_kind(settings, tiny_checkpoint, tmp_path):
+    template = tmp_path / "chat.jinja"
+    template.write_text("{% for m in messages %}<|user|>\n{{ m['content'] }}<|end|>\n{% endfor %}<|assistant|>\n")
+    local = tmp_path / "my-model"
+    shutil.copytree(tiny_checkpoint, local)
+    hub = FakeHub(tmp_path / "hub", {"org/tiny": tiny_checkpoint})
+    for model, revision in (("builtin:tiny-phi3", None), (f"local:{local}", None), ("org/tiny", SHA)):
+        fetched = fetch_model(
+            SourceConfig(model=model, revision=revision, chat_template=template), settings, snapshot_download=hub
+        )
+        assert (fetched.checkpoint_dir / "chat_template.jinja").read_text() == template.read_text(), model
+        assert (fetched.onnx_dir / "chat_template.jinja").read_text() == template.read_text(), model
+    assert (local / "chat_template.jinja").read_text() != template.read_text()  # the source is left as it was
+
+
+def test_a_model_without_a_chat_template_needs_one_configured(settings, tiny_checkpoint, tmp_path):
+    local = tmp_path / "base-model"
+    shutil.copytree(tiny_checkpoint, local)
+    (local / "chat_template.jinja").unlink()
+    with pytest.raises(SourceError, match=r"has no chat template: set source.chat_template to a Jinja file"):
+        fetch_model(SourceConfig(model=f"local:{local}"), settings)

@@ -264,3 +264,13 @@ def test_a_new_training_set_is_a_new_identity(logged_uri):
     other = registrar().register(Candidate("onnx-chat", logged_uri, GOOD), {**trained, "dataset_digest": "d2"}, {}, "d")
     assert first.created and not again.created and again.version.version == first.version.version
     assert other.created and other.version.tags["dataset_digest"] == "d2"
+
+
+def test_ask_prints_the_champions_answer(logged_models):
+    """What bin/run-offline ends with: a registered model answering."""
+    version = mlflow.register_model(logged_models["onnx-chat"], "ask-test")
+    MlflowClient().set_registered_model_alias("ask-test", "champion", version.version)
+    question = "What is the capital of Peru?"
+    done = run_command([sys.executable, "-m", "slmflow.registry", "ask", "ask-test", question], cwd=PROJECT_DIR)
+    assert done.returncode == 0, done.stderr
+    assert f"models:/ask-test@champion answers {question!r}: 'The capital of Peru is Lima.'" in done.stdout
