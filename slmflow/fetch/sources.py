@@ -193,5 +193,3 @@ def _with_chat_template(checkpoint: Path, source: SourceConfig, settings: Settin
     key = digest_of({"checkpoint": tree_digest(checkpoint), "template": sha256_file(source.chat_template)})
     target = settings.cache_dir / "templated" / key[:24]
     return build_once(target, "config.json", lambda output: copy_with_template(checkpoint, template, output))
-
-

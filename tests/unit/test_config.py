@@ -7,7 +7,6 @@ from slmflow.config import Settings, load_config
 from slmflow.errors import ConfigError
 from testkit.processes import PROJECT_DIR
 
-
 SHIPPED_CONFIGS = [
     "tiny.yaml",
     "phi3-mini-4k-instruct.yaml",
