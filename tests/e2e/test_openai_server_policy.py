@@ -17,19 +17,25 @@ import pytest
 from slmflow.policy import RequestLimits
 from testkit.openai_server import champion, closed_by_server, question, requests_counted, serve
 
-DEADLINE_SECONDS = 0.2  # a 480-token answer takes about 0.45 s on the tiny model, on an idle machine
-LIMITS = RequestLimits(max_total_tokens=500, timeout_seconds=DEADLINE_SECONDS)
+LIMITS = RequestLimits(max_total_tokens=500)
+# A deadline passed before the first token on any machine: the test never depends on the machine's speed.
+PASSED_DEADLINE = RequestLimits(timeout_seconds=1e-6)
 TIMEOUTS = ("--header-timeout", "1", "--body-timeout", "1", "--shutdown-timeout", "30")
 HEAD = "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
 
 
-@pytest.fixture(scope="module")
-def policy_uri(tiny_onnx, tiny_config, session_store) -> str:
+def logged_with(limits: RequestLimits, name: str, tiny_onnx, tiny_config) -> str:
+    """The champion URI of an onnx-chat model logged with these limits in its serving policy."""
     from slmflow.flavors.onnx_chat import log_onnx_chat_model
 
-    generation = tiny_config.generation.model_copy(update={"limits": LIMITS})
+    generation = tiny_config.generation.model_copy(update={"limits": limits})
     with mlflow.start_run():
-        return champion(log_onnx_chat_model(tiny_onnx, generation, tiny_config.runtime), "openai-policy-chat")
+        return champion(log_onnx_chat_model(tiny_onnx, generation, tiny_config.runtime), name)
+
+
+@pytest.fixture(scope="module")
+def policy_uri(tiny_onnx, tiny_config, session_store) -> str:
+    return logged_with(LIMITS, "openai-policy-chat", tiny_onnx, tiny_config)
 
 
 @pytest.fixture(scope="module")
@@ -40,14 +46,23 @@ def policy_server(policy_uri, tmp_path_factory):
         yield server
 
 
-def test_the_models_deadline_is_a_504(policy_server):
-    before = requests_counted(policy_server, 504)
+@pytest.fixture(scope="module")
+def deadline_server(tiny_onnx, tiny_config, session_store, tmp_path_factory):
+    uri = logged_with(PASSED_DEADLINE, "openai-deadline-chat", tiny_onnx, tiny_config)
+    log = tmp_path_factory.mktemp("deadline-server") / "server.log"
+    process, server = serve(uri, "openai-deadline-chat", log, *TIMEOUTS)
+    with process:
+        yield server
+
+
+def test_the_models_deadline_is_a_504(deadline_server):
+    before = requests_counted(deadline_server, 504)
     with pytest.raises(openai.APIStatusError) as late:
-        policy_server.client().chat.completions.create(
+        deadline_server.client().chat.completions.create(
             model="m", messages=question("Spain"), max_tokens=480, extra_body={"min_tokens": 480}
         )
     assert late.value.status_code == 504 and late.value.body["code"] == "deadline_exceeded"
-    assert requests_counted(policy_server, 504) == before + 1
+    assert requests_counted(deadline_server, 504) == before + 1
 
 
 def test_the_models_total_token_limit_is_a_400(policy_server):
