@@ -24,19 +24,12 @@ from mlflow.tracking import MlflowClient
 from slmflow.chat.request import QUOTE_CHARS, UNSUPPORTED_FIELDS
 from slmflow.policy import SAMPLING_FIELDS
 from testkit.processes import free_port, mlflow_cli
+from testkit.structured import CAPITALS, CITY_FORMAT
 
 SERVED_NAME = "served-tiny-chat"
-CAPITALS = {"Spain": "Madrid", "Kenya": "Nairobi", "Peru": "Lima", "Japan": "Tokyo"}
 # Peak RSS of the whole server (its workers included) through the hostile mix below, a 20 MB body
 # included. Measured about 600 MB on the tiny model; the bound leaves room for noise.
 PEAK_RSS_BOUND_MB = 1024
-CITY_SCHEMA = {
-    "type": "object",
-    "properties": {"city": {"type": "string", "enum": sorted(CAPITALS.values())}},
-    "required": ["city"],
-    "additionalProperties": False,
-}
-CITY_FORMAT = {"type": "json_schema", "json_schema": {"name": "capital", "schema": CITY_SCHEMA}}
 
 
 def post(base: str, body, timeout: float = 120, headers: dict | None = None) -> tuple[int, object]:

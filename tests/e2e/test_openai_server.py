@@ -35,6 +35,7 @@ from testkit.openai_server import (
     requests_counted,
     serve,
 )
+from testkit.structured import CITY_FORMAT, CITY_SCHEMA
 
 API_KEY = f"sk-test-{uuid.uuid4().hex}"
 MAX_BODY_BYTES = 65536
@@ -423,31 +424,16 @@ def test_concurrent_mixed_requests_get_what_each_gets_alone(onnx_server, jobs):
     assert together == alone
 
 
-CITY_SCHEMA = {
-    "type": "json_schema",
-    "json_schema": {
-        "name": "city",
-        "schema": {
-            "type": "object",
-            "properties": {"city": {"type": "string", "maxLength": 20}},
-            "required": ["city"],
-            "additionalProperties": False,
-        },
-    },
-}
-
-
 def test_a_json_schema_answer_parses_and_validates_plain_and_streamed(onnx_server):
     import jsonschema
 
     client = onnx_server.client()
-    schema = CITY_SCHEMA["json_schema"]["schema"]
     plain = client.chat.completions.create(
-        model=onnx_server.name, messages=question("Spain"), temperature=0, response_format=CITY_SCHEMA
+        model=onnx_server.name, messages=question("Spain"), temperature=0, response_format=CITY_FORMAT
     )
-    jsonschema.validate(json.loads(plain.choices[0].message.content), schema)
+    jsonschema.validate(json.loads(plain.choices[0].message.content), CITY_SCHEMA)
     stream = client.chat.completions.create(
-        model=onnx_server.name, messages=question("Spain"), temperature=0, response_format=CITY_SCHEMA, stream=True
+        model=onnx_server.name, messages=question("Spain"), temperature=0, response_format=CITY_FORMAT, stream=True
     )
     streamed = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
     assert streamed == plain.choices[0].message.content
@@ -468,6 +454,6 @@ def test_a_schema_the_runtime_cannot_compile_or_a_transformers_model_is_a_400_na
         assert refused.value.body["param"] == "response_format"
     with pytest.raises(openai.BadRequestError) as refused:
         transformers_server.client().chat.completions.create(
-            model="m", messages=question("Spain"), response_format=CITY_SCHEMA
+            model="m", messages=question("Spain"), response_format=CITY_FORMAT
         )
     assert refused.value.body["param"] == "response_format"

@@ -13,15 +13,7 @@ from mlflow.exceptions import MlflowException
 from slmflow.batch.row_model import score_requests
 from slmflow.chat.request import parse_requests
 from slmflow.errors import BadRequestError
-
-CAPITALS = {"Spain": "Madrid", "Peru": "Lima", "Kenya": "Nairobi", "Japan": "Tokyo"}
-CITY_SCHEMA = {
-    "type": "object",
-    "properties": {"city": {"type": "string", "enum": sorted(CAPITALS.values())}},
-    "required": ["city"],
-    "additionalProperties": False,
-}
-CITY_FORMAT = {"type": "json_schema", "json_schema": {"name": "capital", "schema": CITY_SCHEMA}}
+from testkit.structured import CAPITALS, CITY_FORMAT, CITY_SCHEMA
 
 
 def question(country: str, **fields) -> dict:
