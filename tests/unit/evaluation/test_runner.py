@@ -52,6 +52,8 @@ def test_model_size_is_read_from_the_artifact_listing(logged_models):
     local = Path(mlflow.artifacts.download_artifacts(uri))
     on_disk = sum(p.stat().st_size for p in local.rglob("*") if p.is_file()) / 2**20
     assert model_size_mb(uri) == pytest.approx(on_disk, rel=0.01)
+    version = mlflow.register_model(uri, "size-test")  # the champion comes as models:/<name>/<version>
+    assert model_size_mb(f"models:/size-test/{version.version}") == model_size_mb(uri)
 
 
 def test_an_eval_request_can_bound_its_answer_tokens(onnx_pyfunc):
