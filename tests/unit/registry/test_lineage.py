@@ -4,6 +4,7 @@ from mlflow.entities import Metric, Run, RunData, RunInfo, RunTag
 
 from slmflow.config import load_config
 from slmflow.registry.lineage import TrainingFacts, registration_description, registration_identity
+from slmflow.registry.registrar import Evaluation
 from slmflow.registry.rules import Candidate
 from testkit.processes import PROJECT_DIR
 
@@ -39,7 +40,9 @@ def test_the_identity_holds_the_dataset_digest_only_when_fine_tuned():
 def test_the_description_says_what_the_version_was_trained_on():
     config = load_config(PROJECT_DIR / "configs" / "tiny-retrain.yaml")
     candidates = {"onnx-chat": Candidate("onnx-chat", "models:/m-1", METRICS)}
+    evaluation = Evaluation("ev1", candidates, {}, None, None, 0.95)
     facts = TrainingFacts.from_run(finetune_run())
-    described = registration_description(config, candidates, "finetuned:w1", "ev1", facts)
-    assert "at revision finetuned:w1" in described and facts.describe() in described
-    assert facts.describe() not in registration_description(config, candidates, "r", "ev1")
+    described = registration_description(config, evaluation, "finetuned:w1", facts)
+    assert "at revision finetuned:w1" in described and "(evaluate run ev1)" in described
+    assert facts.describe() in described
+    assert facts.describe() not in registration_description(config, evaluation, "r")
