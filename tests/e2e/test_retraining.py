@@ -75,7 +75,7 @@ def run_job(team: Team, checkout: Path, config: str | Path = CONFIG) -> subproce
 def first_run(team, checkout):
     result = run_job(team, checkout)
     team.assert_ok(result)
-    return team.latest()
+    return team.parent_of(result.stdout + result.stderr)
 
 
 def test_the_retraining_pipeline_runs_six_steps_and_registers_a_fine_tuned_champion(first_run, team):
@@ -131,8 +131,9 @@ def test_both_flavors_are_built_from_the_fine_tuned_checkpoint_by_uri(first_run,
 
 
 def test_the_same_data_again_reuses_every_step_and_registers_nothing(first_run, team, checkout):
-    team.assert_ok(run_job(team, checkout))
-    assert all(step_reuse(team.latest()).values())
+    again = run_job(team, checkout)
+    team.assert_ok(again)
+    assert all(step_reuse(team.parent_of(again.stdout + again.stderr)).values())
     assert [v.version for v in team.client.search_model_versions(f"name = '{MODEL_NAME}'")] == ["1"]
 
 
@@ -160,8 +161,9 @@ def test_a_job_killed_during_training_then_new_data_retrains_and_the_gates_decid
     assert [v.version for v in team.client.search_model_versions(f"name = '{MODEL_NAME}'")] == ["1"]
     assert aliases(team.client, MODEL_NAME) == {"champion": "1"}
 
-    team.assert_ok(run_job(team, checkout, config))
-    parent = team.latest()
+    retrained = run_job(team, checkout, config)
+    team.assert_ok(retrained)
+    parent = team.parent_of(retrained.stdout + retrained.stderr)
     assert step_reuse(parent) == {
         "fetch_model": True,  # same base
         "finetune": False,  # new data (and the killed run is not finished)

@@ -63,9 +63,10 @@ def test_min_tokens_may_equal_max_tokens_but_not_exceed_it():
 
 
 def test_batch_keys_hold_exactly_what_rows_of_one_batch_must_share():
-    assert SamplingSettings(min_tokens=3, top_k=7, seed=1, stop=("x",), max_tokens=9).batch_key() == (0.0, 3)
+    # The last element is the response format (None: free text); constrained rows never share a batch.
+    assert SamplingSettings(min_tokens=3, top_k=7, seed=1, stop=("x",), max_tokens=9).batch_key() == (0.0, 3, None)
     sampled = SamplingSettings(temperature=0.5, top_p=0.9, top_k=7, seed=1, min_tokens=2, stop=("x",))
-    assert sampled.batch_key() == (0.5, 0.9, 7, 1, 2)
+    assert sampled.batch_key() == (0.5, 0.9, 7, 1, 2, None)
 
 
 def test_control_characters_are_named_with_their_position():
