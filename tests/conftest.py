@@ -16,11 +16,18 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 
 @pytest.fixture(scope="session")
-def cache_dir(tmp_path_factory) -> Path:
-    """One model cache for the whole session, handed to child processes through SLMFLOW_CACHE_DIR."""
-    folder = Path(os.environ.get("SLMFLOW_TEST_CACHE_DIR") or tmp_path_factory.mktemp("slmflow-cache"))
-    os.environ["SLMFLOW_CACHE_DIR"] = str(folder)
-    return folder
+def cache_dir(tmp_path_factory, worker_id) -> Path:
+    """One model cache for the whole session, handed to child processes through SLMFLOW_CACHE_DIR.
+
+    Parallel workers (pytest-xdist) share it: the cache builds each model once, the others wait for it.
+    """
+    folder = os.environ.get("SLMFLOW_TEST_CACHE_DIR")
+    if folder is None:
+        session_temp = tmp_path_factory.getbasetemp()
+        folder = str((session_temp if worker_id == "master" else session_temp.parent) / "slmflow-cache")
+    os.environ["SLMFLOW_CACHE_DIR"] = folder
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    return Path(folder)
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,15 @@
+import multiprocessing
+import time
+from pathlib import Path
+
 import pytest
 
 from slmflow.fetch.cache import build_once
+
+
+def staged(folder: Path) -> list[str]:
+    """What a build left beside its target, other than the target and its lock file."""
+    return sorted(p.name for p in folder.iterdir() if p.name not in ("thing", ".thing.lock"))
 
 
 def test_builds_once_and_leaves_no_staging(tmp_path):
@@ -15,7 +24,8 @@ def test_builds_once_and_leaves_no_staging(tmp_path):
     assert build_once(target, "done", build) == target
     assert build_once(target, "done", build) == target
     assert len(calls) == 1
-    assert [p.name for p in (tmp_path / "cache").iterdir()] == ["thing"]
+    assert (target / "done").read_text() == "x"
+    assert staged(tmp_path / "cache") == []
 
 
 def test_failed_build_leaves_nothing_behind(tmp_path):
@@ -26,4 +36,30 @@ def test_failed_build_leaves_nothing_behind(tmp_path):
 
     with pytest.raises(RuntimeError, match="boom"):
         build_once(tmp_path / "cache" / "thing", "done", build)
-    assert list((tmp_path / "cache").iterdir()) == []
+    assert not (tmp_path / "cache" / "thing").exists()
+    assert staged(tmp_path / "cache") == []
+
+
+def _slow_build(log: Path, output: Path) -> None:
+    with log.open("a") as handle:
+        handle.write("built\n")
+    time.sleep(0.5)  # long enough for the other process to arrive while this one builds
+    output.mkdir()
+    (output / "done").write_text("x")
+
+
+def _build_in_process(target: Path, log: Path) -> None:
+    build_once(target, "done", lambda output: _slow_build(log, output))
+
+
+def test_two_processes_sharing_the_cache_build_once(tmp_path):
+    target, log = tmp_path / "cache" / "thing", tmp_path / "builds.log"
+    context = multiprocessing.get_context("fork")
+    workers = [context.Process(target=_build_in_process, args=(target, log)) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=60)
+    assert [worker.exitcode for worker in workers] == [0, 0]
+    assert log.read_text() == "built\n"
+    assert (target / "done").exists() and staged(tmp_path / "cache") == []
