@@ -276,7 +276,8 @@ def test_a_full_queue_answers_429_with_retry_after(transformers_server):
     with ThreadPoolExecutor(max_workers=6) as pool:
         responses = list(pool.map(post, range(6)))
     statuses = sorted(r.status_code for r in responses)
-    assert set(statuses) == {200, 429} and statuses.count(200) >= 2, statuses
+    # One row generates and one waits: how many of six get in depends on when the batcher takes the first.
+    assert set(statuses) == {200, 429} and statuses.count(429) >= 3, statuses
     refused = next(r for r in responses if r.status_code == 429)
     assert int(refused.headers["Retry-After"]) >= 1
     assert refused.json()["error"]["code"] == "queue_full"
