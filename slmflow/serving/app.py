@@ -14,6 +14,7 @@ import asyncio
 import logging
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -338,13 +339,33 @@ def _add_chat_route(app: FastAPI, state: ServerState) -> None:
                 route.release(deployment)
 
 
-async def _released_after(events: AsyncIterator[str], release: Callable[[], None]) -> AsyncIterator[str]:
-    """The stream's events; its deployment is released when the stream ends, however it ends."""
-    try:
-        async for event in events:
-            yield event
-    finally:
-        release()
+def _released_after(events: AsyncIterator[str], release: Callable[[], None]) -> AsyncIterator[str]:
+    """The stream's events; its deployment is released once when the stream ends, however it ends, and
+    also if the stream is dropped before it started (a client gone before the first event)."""
+    once = _Once(release)
+
+    async def stream() -> AsyncIterator[str]:
+        try:
+            async for event in events:
+                yield event
+        finally:
+            once()
+
+    iterator = stream()
+    weakref.finalize(iterator, once)
+    return iterator
+
+
+class _Once:
+    def __init__(self, action: Callable[[], None]) -> None:
+        self._action: Callable[[], None] | None = action
+        self._lock = threading.Lock()
+
+    def __call__(self) -> None:
+        with self._lock:
+            action, self._action = self._action, None
+        if action is not None:
+            action()
 
 
 async def _parse(body: Any, served: ServedModel) -> ChatCompletionRequest:
