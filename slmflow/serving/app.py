@@ -1,6 +1,11 @@
 """The OpenAI-compatible FastAPI app: `/v1/chat/completions` (plain and SSE), `/v1/models`, health, metrics.
 
-The model loads once, in the background: `/health` answers at once, `/ready` once the model is in.
+Each `--model-uri` is a route (`slmflow.serving.routing`), picked by the request's `model` field
+(the first is the default; an unknown name is a 404 `model_not_found`). The models load in the
+background: `/health` answers at once, `/ready` once every route has its model. A followed alias
+(`models:/<name>@champion`) is re-read by `slmflow.serving.follow` (polling, or at once on a signed
+MLflow webhook at `/webhooks/mlflow`, `slmflow.serving.webhooks`), and a moved alias's version is
+loaded beside the serving one and swapped in between requests.
 Every error has OpenAI's shape (`slmflow.serving.protocol`), and the server stays up through all of
 them. Limits are checked before any work: the API key (401), the body size (413, counted while
 reading) and read time (408), the content type (415), then the request itself against the logged
