@@ -279,11 +279,11 @@ def _add_webhook_route(app: FastAPI, state: ServerState, secret: str) -> None:
             raise ApiError(401, f"webhook refused: {error}", code="invalid_signature") from None
         moved = webhooks.alias_moved(raw)
         routes = [] if moved is None else [route.name for route in state.follower.routes if _names(route, moved)]
-        if not routes:
+        if moved is None or not routes:
             state.metrics.webhooks.labels("ignored").inc()
             return WebhookAnswer(status="ignored", routes=[])
         state.metrics.webhooks.labels("accepted").inc()
-        log.info("webhook: %s@%s moved to version %s", moved.name, moved.alias, moved.version)  # type: ignore[union-attr]
+        log.info("webhook: %s@%s moved to version %s", moved.name, moved.alias, moved.version)
         state.follower.poke()
         return WebhookAnswer(status="accepted", routes=routes)
 

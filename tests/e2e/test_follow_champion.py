@@ -271,6 +271,17 @@ def test_a_signed_mlflow_webhook_moves_the_champion_at_once_and_unsigned_calls_a
     for response in refused:
         assert response.status_code == 401 and response.json()["error"]["code"] == "invalid_signature"
     assert cards(hooked) == {route: f"{HOOKED}/1"}
+    other = body.replace('"alias": "champion"', '"alias": "staging"')  # signed, but no alias this server follows
+    ignored = post_webhook(
+        hooked,
+        other.encode(),
+        {
+            "X-MLflow-Delivery-Id": "d-3",
+            "X-MLflow-Timestamp": now,
+            "X-MLflow-Signature": _generate_hmac_signature(SECRET, "d-3", now, other),
+        },
+    )
+    assert ignored.status_code == 200 and ignored.json() == {"status": "ignored", "routes": []}
 
     # MLflow's own delivery, as `mlflow server` sends it after set_registered_model_alias.
     url = f"{hooked.base}/webhooks/mlflow"
@@ -298,6 +309,7 @@ def test_a_signed_mlflow_webhook_moves_the_champion_at_once_and_unsigned_calls_a
     metrics = hooked.metrics()
     assert metric_value(metrics, "slmflow_webhook_deliveries_total", outcome="refused") == 3
     assert metric_value(metrics, "slmflow_webhook_deliveries_total", outcome="accepted") == 1
+    assert metric_value(metrics, "slmflow_webhook_deliveries_total", outcome="ignored") == 1
     assert metric_value(metrics, "slmflow_model_swaps_total", route=route, trigger="webhook") == 1
     assert SECRET not in hooked.log.read_text()
     print(f"webhook delivery to swap: {moved_after:.2f} s")

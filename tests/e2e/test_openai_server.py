@@ -160,8 +160,8 @@ def raw_post(server: Server, content, headers: dict[str, str]) -> requests.Respo
     return requests.post(f"{server.base}/v1/chat/completions", data=content, headers=headers, timeout=120)
 
 
-def good_body(**fields) -> bytes:
-    return json.dumps({"model": ONNX_NAME, "messages": question("Spain"), **fields}).encode()
+def good_body(model: str = ONNX_NAME, **fields) -> bytes:
+    return json.dumps({"model": model, "messages": question("Spain"), **fields}).encode()
 
 
 JSON = {"Content-Type": "application/json"}
@@ -283,7 +283,7 @@ def test_transformers_champion_answers_through_predict_and_streams_one_chunk(tra
 
 
 def test_a_full_queue_answers_429_with_retry_after(transformers_server):
-    body = good_body(max_tokens=200, min_tokens=200)
+    body = good_body(transformers_server.name, max_tokens=200, min_tokens=200)
 
     def post(_) -> requests.Response:
         return raw_post(transformers_server, body, AUTH | JSON)
