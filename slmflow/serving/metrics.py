@@ -37,6 +37,18 @@ class Metrics:
             registry=self.registry,
         )
         self.queue_depth = Gauge("slmflow_queue_depth", "requests waiting for a batch", registry=self.registry)
+        self.swaps = Counter(
+            "slmflow_model_swaps",
+            "a followed alias moved and its route now answers with the new version, by what noticed the move",
+            ["route", "trigger"],
+            registry=self.registry,
+        )
+        self.webhooks = Counter(
+            "slmflow_webhook_deliveries",
+            "MLflow webhook deliveries: accepted (an alias this server follows), ignored, refused (HTTP 401)",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.batch_size = Histogram(
             "slmflow_batch_size", "rows generated together", buckets=(1, 2, 4, 8, 16, 32, 64), registry=self.registry
         )

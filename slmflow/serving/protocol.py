@@ -73,6 +73,11 @@ class ChatCompletionBody(_Body):
     frequency_penalty: Literal[0] | None = None
 
 
+class WebhookAnswer(BaseModel):
+    status: Literal["accepted", "ignored"]
+    routes: list[str] = Field(description="the routes that follow the alias the delivery names")
+
+
 class ErrorDetail(BaseModel):
     message: str
     type: str
@@ -85,6 +90,10 @@ class ErrorResponse(BaseModel):
 
 
 class ModelCard(BaseModel):
+    """One route's loaded version. `id` is the version that answers (`<name>/<version>`, or the bare name of a
+    model that is not registered) and is every answer's `model` field; `route` is the stable name a request can
+    give to reach it whichever version serves (`<name>@<alias>` for a followed alias)."""
+
     id: str
     object: Literal["model"] = "model"
     created: int
@@ -93,6 +102,9 @@ class ModelCard(BaseModel):
     streaming: Literal["tokens", "whole-answer"]
     context_length: int
     max_batch_size: int
+    route: str
+    version: str | None
+    alias: str | None
 
 
 class ModelList(BaseModel):
@@ -107,6 +119,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         401: "missing or wrong API key",
         408: "the request's headers or body did not arrive in time",
         413: "request body too large",
+        404: "no served model has the name given in `model` (code `model_not_found`)",
         415: "unsupported Content-Type",
         429: "the wait queue is full; retry after `Retry-After` seconds",
         503: "the model is still loading",

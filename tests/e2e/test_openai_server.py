@@ -39,15 +39,16 @@ from testkit.structured import CITY_FORMAT, CITY_SCHEMA
 
 API_KEY = f"sk-test-{uuid.uuid4().hex}"
 MAX_BODY_BYTES = 65536
+ONNX_NAME = "openai-tiny-chat"
 
 
 @pytest.fixture(scope="module")
 def onnx_server(logged_models, tmp_path_factory):
-    uri = champion(logged_models["onnx-chat"], "openai-tiny-chat")
+    uri = champion(logged_models["onnx-chat"], ONNX_NAME)
     log = tmp_path_factory.mktemp("onnx-server") / "server.log"
     process, server = serve(
         uri,
-        "openai-tiny-chat",
+        ONNX_NAME,
         log,
         "--max-batch-size",
         "8",
@@ -82,7 +83,7 @@ def test_plain_answer_with_usage(onnx_server):
     reply = onnx_server.client().chat.completions.create(
         model=onnx_server.name, messages=question("Spain"), temperature=0
     )
-    assert reply.object == "chat.completion" and reply.model == onnx_server.name
+    assert reply.object == "chat.completion" and reply.model == f"{onnx_server.name}/1"  # the version that answered
     assert reply.choices[0].message.content == answer("Spain")
     assert reply.choices[0].finish_reason == "stop"
     usage = reply.usage
@@ -144,7 +145,12 @@ def test_a_seed_makes_sampling_repeatable(onnx_server):
 def test_models_health_and_ready(onnx_server):
     models = onnx_server.client().models.list()
     card = models.data[0].model_dump()
-    assert card["id"] == onnx_server.name and card["flavor"] == "onnx-chat" and card["streaming"] == "tokens"
+    assert (
+        card["id"] == f"{onnx_server.name}/1"
+        and card["route"] == f"{onnx_server.name}@champion"
+        and card["flavor"] == "onnx-chat"
+        and card["streaming"] == "tokens"
+    )
     assert card["context_length"] == 512 and card["max_batch_size"] == 8
     assert requests.get(f"{onnx_server.base}/health", timeout=30).json() == {"status": "ok"}
     assert requests.get(f"{onnx_server.base}/ready", timeout=30).status_code == 200
@@ -154,8 +160,8 @@ def raw_post(server: Server, content, headers: dict[str, str]) -> requests.Respo
     return requests.post(f"{server.base}/v1/chat/completions", data=content, headers=headers, timeout=120)
 
 
-def good_body(**fields) -> bytes:
-    return json.dumps({"model": "m", "messages": question("Spain"), **fields}).encode()
+def good_body(model: str = ONNX_NAME, **fields) -> bytes:
+    return json.dumps({"model": model, "messages": question("Spain"), **fields}).encode()
 
 
 JSON = {"Content-Type": "application/json"}
@@ -191,10 +197,13 @@ def test_each_error_is_answered_in_openai_shape_and_the_server_goes_on(onnx_serv
 
 def test_the_openai_client_raises_its_own_errors(onnx_server):
     with pytest.raises(openai.BadRequestError) as bad:
-        onnx_server.client().chat.completions.create(model="m", messages=question("Spain"), top_p=0)
+        onnx_server.client().chat.completions.create(model=onnx_server.name, messages=question("Spain"), top_p=0)
     assert bad.value.body["param"] == "top_p"
     with pytest.raises(openai.AuthenticationError):
-        onnx_server.client(api_key="wrong").chat.completions.create(model="m", messages=question("Spain"))
+        onnx_server.client(api_key="wrong").chat.completions.create(model=onnx_server.name, messages=question("Spain"))
+    with pytest.raises(openai.NotFoundError) as unknown:
+        onnx_server.client().chat.completions.create(model="gpt-4o", messages=question("Spain"))
+    assert unknown.value.body["code"] == "model_not_found" and unknown.value.body["param"] == "model"
     assert_still_answers(onnx_server)
 
 
@@ -212,9 +221,11 @@ def test_32_concurrent_requests_from_4_clients_are_batched_and_all_right(onnx_se
     def ask(job) -> str:
         client, country, stream = job
         if not stream:
-            reply = client.chat.completions.create(model="m", messages=question(country), temperature=0)
+            reply = client.chat.completions.create(model=onnx_server.name, messages=question(country), temperature=0)
             return reply.choices[0].message.content
-        chunks = client.chat.completions.create(model="m", messages=question(country), temperature=0, stream=True)
+        chunks = client.chat.completions.create(
+            model=onnx_server.name, messages=question(country), temperature=0, stream=True
+        )
         return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
 
     with ThreadPoolExecutor(max_workers=32) as pool:
@@ -257,18 +268,22 @@ def test_transformers_champion_answers_through_predict_and_streams_one_chunk(tra
     client = transformers_server.client()
     card = client.models.list().data[0].model_dump()
     assert card["flavor"] == "transformers-chat" and card["streaming"] == "whole-answer"
-    reply = client.chat.completions.create(model="m", messages=question("Spain"), temperature=0)
+    reply = client.chat.completions.create(model=transformers_server.name, messages=question("Spain"), temperature=0)
     assert reply.choices[0].message.content == answer("Spain")
-    chunks = list(client.chat.completions.create(model="m", messages=question("Spain"), temperature=0, stream=True))
+    chunks = list(
+        client.chat.completions.create(
+            model=transformers_server.name, messages=question("Spain"), temperature=0, stream=True
+        )
+    )
     pieces = [c.choices[0].delta.content for c in chunks if c.choices[0].delta.content]
     assert pieces == [answer("Spain")]
     with pytest.raises(openai.BadRequestError) as bad:
-        client.chat.completions.create(model="m", messages=question("Spain"), max_tokens=100000)
+        client.chat.completions.create(model=transformers_server.name, messages=question("Spain"), max_tokens=100000)
     assert bad.value.body["param"] == "max_tokens"
 
 
 def test_a_full_queue_answers_429_with_retry_after(transformers_server):
-    body = good_body(max_tokens=200, min_tokens=200)
+    body = good_body(transformers_server.name, max_tokens=200, min_tokens=200)
 
     def post(_) -> requests.Response:
         return raw_post(transformers_server, body, AUTH | JSON)
@@ -367,7 +382,9 @@ def test_a_long_prompt_beside_a_short_one_leaves_the_short_ones_answer_whole(onn
 
     def ask(job: tuple[list[dict[str, str]], int]):
         messages, max_tokens = job
-        return client.chat.completions.create(model="m", messages=messages, max_tokens=max_tokens, temperature=0)
+        return client.chat.completions.create(
+            model=onnx_server.name, messages=messages, max_tokens=max_tokens, temperature=0
+        )
 
     for _ in range(3):
         with ThreadPoolExecutor(max_workers=2) as pool:
@@ -402,10 +419,14 @@ def ask_job(client: openai.OpenAI, job: dict) -> tuple:
         fields.update(seed=job["seed"], extra_body={"top_k": job["top_k"]})
     try:
         if not job["stream"]:
-            reply = client.chat.completions.create(model="m", messages=filler + question(job["country"]), **fields)
+            reply = client.chat.completions.create(
+                model=ONNX_NAME, messages=filler + question(job["country"]), **fields
+            )
             return 200, reply.choices[0].message.content, reply.choices[0].finish_reason
         chunks = list(
-            client.chat.completions.create(model="m", messages=filler + question(job["country"]), stream=True, **fields)
+            client.chat.completions.create(
+                model=ONNX_NAME, messages=filler + question(job["country"]), stream=True, **fields
+            )
         )
         text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
         return 200, text, [c.choices[0].finish_reason for c in chunks if c.choices][-1]
@@ -458,6 +479,6 @@ def test_a_schema_the_runtime_cannot_compile_or_a_transformers_model_is_a_400_na
         assert refused.value.body["param"] == "response_format"
     with pytest.raises(openai.BadRequestError) as refused:
         transformers_server.client().chat.completions.create(
-            model="m", messages=question("Spain"), response_format=CITY_FORMAT
+            model=transformers_server.name, messages=question("Spain"), response_format=CITY_FORMAT
         )
     assert refused.value.body["param"] == "response_format"

@@ -59,7 +59,7 @@ def test_the_models_deadline_is_a_504(deadline_server):
     before = requests_counted(deadline_server, 504)
     with pytest.raises(openai.APIStatusError) as late:
         deadline_server.client().chat.completions.create(
-            model="m", messages=question("Spain"), max_tokens=480, extra_body={"min_tokens": 480}
+            model=deadline_server.name, messages=question("Spain"), max_tokens=480, extra_body={"min_tokens": 480}
         )
     assert late.value.status_code == 504 and late.value.body["code"] == "deadline_exceeded"
     assert requests_counted(deadline_server, 504) == before + 1
@@ -67,7 +67,9 @@ def test_the_models_deadline_is_a_504(deadline_server):
 
 def test_the_models_total_token_limit_is_a_400(policy_server):
     with pytest.raises(openai.BadRequestError) as refused:
-        policy_server.client().chat.completions.create(model="m", messages=question("Spain"), max_tokens=497)
+        policy_server.client().chat.completions.create(
+            model=policy_server.name, messages=question("Spain"), max_tokens=497
+        )
     assert refused.value.body["param"] == "max_tokens" and refused.value.body["code"] == "request_too_large"
 
 

@@ -51,20 +51,20 @@ def server_manifests() -> dict[str, dict]:
 
 def test_the_server_deployment_runs_the_cli_with_probes_and_secrets():
     from slmflow.policy import RequestLimits
-    from slmflow.serve import API_KEY_ENV
+    from slmflow.serve import API_KEY_ENV, WEBHOOK_SECRET_ENV
 
     pod = server_manifests()["Deployment"]["spec"]["template"]
     [container] = pod["spec"]["containers"]
     assert container["command"] == ["python", "-m", "slmflow.serve"]
     args = parse_args_of(container)
-    assert args.model_uri.endswith("@champion") and args.host == "0.0.0.0"
+    assert args.model_uri[0].endswith("@champion") and args.host == "0.0.0.0" and args.follow_interval > 0
     [port] = container["ports"]
     assert port["containerPort"] == args.port == int(pod["metadata"]["annotations"]["prometheus.io/port"])
     assert pod["metadata"]["annotations"]["prometheus.io/path"] == "/metrics"
     assert container["readinessProbe"]["httpGet"] == {"path": "/ready", "port": port["name"]}
     assert container["livenessProbe"]["httpGet"] == {"path": "/health", "port": port["name"]}
     env = {item["name"]: item for item in container["env"]}
-    for secret in (API_KEY_ENV, "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+    for secret in (API_KEY_ENV, WEBHOOK_SECRET_ENV, "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
         assert "value" not in env[secret] and "secretKeyRef" in env[secret]["valueFrom"], secret
     assert env["MLFLOW_TRACKING_URI"]["value"].startswith("https://")
     assert pod["spec"]["terminationGracePeriodSeconds"] > RequestLimits().timeout_seconds
