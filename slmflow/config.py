@@ -257,6 +257,9 @@ class TrainingConfig(_Section):
     assistant_only_loss: bool = True
     held_out_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="rows kept out of training for a final loss")
     logging_steps: int = Field(1, ge=1)
+    # On: evaluate also measures the base (the fetched checkpoint before finetune) in both flavors on the same
+    # items, and register promotes only when the paired interval on candidate - base accuracy lies above 0.
+    require_improvement_over_base: bool = False
 
     @model_validator(mode="after")
     def _one_budget(self) -> TrainingConfig:

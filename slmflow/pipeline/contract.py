@@ -126,6 +126,16 @@ STEPS: dict[str, StepContract] = {
                     "models:/<name>/<version> of the champion to measure on the same items, or none",
                     "none",
                 ),
+                Parameter(
+                    "base_onnx_model_uri",
+                    "models:/ URI of the base (not fine-tuned) onnx-chat model to measure on the same items, or none",
+                    "none",
+                ),
+                Parameter(
+                    "base_transformers_model_uri",
+                    "models:/ URI of the base (not fine-tuned) transformers-chat model, or none",
+                    "none",
+                ),
             ),
             sections=("evaluation",),
         ),

@@ -32,6 +32,7 @@ def test_defaults_and_the_dataset_relative_to_the_config(tmp_path):
     assert training.dataset == tmp_path / "train.jsonl"
     assert (training.method, training.lora.r, training.merge, training.assistant_only_loss) == ("lora", 8, True, True)
     assert training.lora.target_modules is None  # the architecture's default
+    assert training.require_improvement_over_base is False  # the base is measured only when asked for
     assert training.budget == {"num_train_epochs": 1.0}
     assert load_config(write(tmp_path, {"max_steps": 30})).training.budget == {"max_steps": 30}
 
