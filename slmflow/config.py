@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from slmflow.digests import sha256_file
 from slmflow.errors import ConfigError
@@ -238,6 +238,12 @@ class LoraOptions(_Section):
     target_modules: tuple[str, ...] | None = Field(None, min_length=1)
 
 
+MERGE_REFUSAL = (
+    "false is not supported: the ONNX GenAI builder and both flavors need one ordinary checkpoint, not a base "
+    "plus an adapter; leave merge true (the adapter is still logged, as the finetune run's adapter/ artifact)"
+)
+
+
 class TrainingConfig(_Section):
     """Fine-tune the fetched checkpoint before it is built, logged, evaluated and registered."""
 
@@ -265,11 +271,16 @@ class TrainingConfig(_Section):
     def _one_budget(self) -> TrainingConfig:
         if self.epochs is not None and self.max_steps is not None:
             raise ValueError("training: give either epochs or max_steps, not both")
-        if not self.merge:
-            raise ValueError(
-                "training.merge: false is not supported: the ONNX builder and both flavors take a merged checkpoint"
-            )
         return self
+
+    @field_validator("merge")
+    @classmethod
+    def _merged(cls, merge: bool) -> bool:
+        # An unmerged adapter would need a peft-aware transformers flavor and cannot go through the ONNX GenAI
+        # builder at all (it reads a plain checkpoint); the adapter is logged beside the merged weights anyway.
+        if not merge:
+            raise ValueError(MERGE_REFUSAL)
+        return merge
 
     @property
     def budget(self) -> dict[str, float]:
@@ -356,7 +367,7 @@ def _describe(error: ValidationError) -> str:
         if problem["type"] == "extra_forbidden":
             lines.append(f"  {key}: unknown key")
         else:
-            lines.append(f"  {key}: {problem['msg']}")
+            lines.append(f"  {key}: {problem['msg'].removeprefix('Value error, ')}")
     return "\n".join(lines)
 
 
