@@ -244,10 +244,21 @@ MERGE_REFUSAL = (
 )
 
 
+class SuiteSplitDataset(_Section):
+    """Training rows from the built-in eval suite: the parts `evaluation.split` does not evaluate, each item's
+    question with its reference as the answer. Disjoint from the eval items by construction (the leakage guard
+    still checks it)."""
+
+    from_eval_suite: Literal["other_parts"]
+    max_rows: int | None = Field(None, gt=0, description="the first rows only (a CPU budget); null: all of them")
+
+
 class TrainingConfig(_Section):
     """Fine-tune the fetched checkpoint before it is built, logged, evaluated and registered."""
 
-    dataset: Path = Field(description="chat JSON Lines, one {'messages': [...]} a row ending with the answer")
+    dataset: SuiteSplitDataset | Path = Field(
+        description="chat JSON Lines, one {'messages': [...]} a row ending with the answer; or a split of the suite"
+    )
     method: Literal["lora"] = "lora"
     lora: LoraOptions = LoraOptions()
     epochs: float | None = Field(None, gt=0)
@@ -300,6 +311,16 @@ class PipelineConfig(_Section):
     registry: RegistryConfig
     training: TrainingConfig | None = None
 
+    @model_validator(mode="after")
+    def _suite_split_needs_a_split_suite(self) -> PipelineConfig:
+        from_suite = self.training is not None and isinstance(self.training.dataset, SuiteSplitDataset)
+        if from_suite and (self.evaluation.suite is None or self.evaluation.split is None):
+            raise ValueError(
+                "training.dataset: from_eval_suite takes the parts of evaluation.suite that evaluation.split "
+                "does not evaluate: set both evaluation.suite and evaluation.split (parts >= 2)"
+            )
+        return self
+
     def section_hash(self, *sections: str) -> str:
         """A stable hash of some sections (or dotted fields such as `source.trust_remote_code`).
 
@@ -323,7 +344,15 @@ class PipelineConfig(_Section):
         if section == "source" and self.source.kind == "local":
             data["model"] = LOCAL_PREFIX
         if section == "training" and self.training is not None:
-            data["dataset"] = "sha256:" + dataset_digest(self.training.dataset)
+            if isinstance(self.training.dataset, SuiteSplitDataset):
+                # The rows are the suite's other parts: they follow from the suite and the split (and the suite's
+                # code, in the step's code hash); the finetune run records their content digest.
+                data["dataset"]["split_of"] = {
+                    "suite": self.evaluation.suite.model_dump(mode="json") if self.evaluation.suite else None,
+                    "split": self.evaluation.split.model_dump(mode="json") if self.evaluation.split else None,
+                }
+            else:
+                data["dataset"] = "sha256:" + dataset_digest(self.training.dataset)
         if section == "source" and self.source.chat_template is not None:
             data["chat_template"] = "sha256:" + sha256_file(self.source.chat_template)
         return data[field] if field else data
@@ -375,7 +404,7 @@ def _resolve_paths(config: PipelineConfig, base: Path) -> PipelineConfig:
     update: dict = {}
     if config.evaluation.eval_set is not None:
         update["evaluation"] = config.evaluation.model_copy(update={"eval_set": base / config.evaluation.eval_set})
-    if config.training is not None:
+    if config.training is not None and isinstance(config.training.dataset, Path):
         update["training"] = config.training.model_copy(update={"dataset": base / config.training.dataset})
     source: dict = {}
     if config.source.kind == "local":

@@ -59,7 +59,7 @@ def versus_base(model: str) -> str:
 
 
 # The finetune step run (also lineage tags on a registered fine-tuned version).
-DATASET_DIGEST = "slmflow.dataset_digest"  # sha256 of the training set's file
+DATASET_DIGEST = "slmflow.dataset_digest"  # sha256 of the training set's file (or of a suite split's rows as one)
 BASE_REVISION = "slmflow.base_revision"  # the revision of the checkpoint that was fine-tuned
 FINETUNE_REUSED = "slmflow.finetune.reused"  # "true": this machine's trained folder for the same key was reused
 

@@ -8,14 +8,13 @@ from pathlib import Path
 import mlflow
 
 from slmflow import tags
-from slmflow.config import dataset_digest
 from slmflow.digests import tree_digest
 from slmflow.errors import ConfigError
 from slmflow.fetch.handoff import local_folder, remember_folder
 from slmflow.fetch.onnx_build import build_onnx
 from slmflow.pipeline.contract import STEPS
 from slmflow.pipeline.step import CACHE_KEY_ENV, run_step, set_outputs
-from slmflow.training.dataset import load_training_set, training_dataset
+from slmflow.training.dataset import load_configured_training_set, training_dataset
 from slmflow.training.plots import plot_loss_curve
 from slmflow.training.trainer import finetune
 from slmflow.training.workdir import finetune_folder, prune, train_once
@@ -28,12 +27,12 @@ def train(args, config, settings) -> None:
     training = config.training
     if training is None:
         raise ConfigError("training: the config has no training section, so there is nothing to fine-tune")
-    rows = load_training_set(training.dataset)  # bad rows are refused before the base is even downloaded
-    digest = dataset_digest(training.dataset)
+    training_set = load_configured_training_set(config)  # bad rows are refused before the base is even downloaded
+    rows, digest = training_set.rows, training_set.digest
     base_dir = local_folder(
         args.checkpoint_uri, settings, marker="config.json", allow_patterns=config.source.allow_patterns
     )
-    mlflow.log_input(training_dataset(rows, training.dataset, digest), context="training")
+    mlflow.log_input(training_dataset(training_set), context="training")
     mlflow.set_tags({tags.DATASET_DIGEST: digest, tags.BASE_REVISION: args.source_revision})
     run_id = mlflow.active_run().info.run_id
     # One folder per cache key (a step run alone, without main's key, gets its run's): the same key again

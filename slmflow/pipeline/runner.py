@@ -32,7 +32,7 @@ from slmflow.pipeline.step import (
 )
 from slmflow.registry.aliases import CHAMPION, aliased_version
 from slmflow.registry.registrar import champion_model_uri
-from slmflow.training.dataset import check_training_set
+from slmflow.training.dataset import check_configured_training_set
 
 
 def code_hash(entry_points: tuple[str, ...], project_dir: Path = PROJECT_DIR) -> str:
@@ -176,7 +176,7 @@ def run_pipeline(config: PipelineConfig, config_arg: str, use_cache: bool, setti
     """fetch_model -> [finetune] -> log_onnx_wrapper / log_transformers_pipeline -> evaluate -> register."""
     if config.training is not None:
         # Every run, cached or not, before any step: a bad row or an eval question in the training set stops it.
-        check_training_set(config.training.dataset, config.evaluation.eval_set)
+        check_configured_training_set(config)
     runner = StepRunner(config, use_cache)
     # Resolved before any cache lookup: a followed hub branch counts by the commit it points at now.
     revision = resolve_revision(config.source, settings)

@@ -217,7 +217,7 @@ def test_the_base_is_logged_in_both_flavors_and_handed_to_evaluate_only_when_req
         tmp_path, training={"dataset": str(tmp_path / "train.jsonl"), "require_improvement_over_base": required}
     )
     monkeypatch.setattr(runner, "StepRunner", FakeRunner)
-    monkeypatch.setattr(runner, "check_training_set", lambda *args: [])
+    monkeypatch.setattr(runner, "check_configured_training_set", lambda *args: None)
     monkeypatch.setattr(runner, "resolve_revision", lambda *args: "rev")
     monkeypatch.setattr(runner, "champion_to_measure", lambda *args: Handoff("none", "none"))
     monkeypatch.setattr(runner, "set_outputs", lambda *args, **kwargs: None)
