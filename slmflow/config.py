@@ -344,6 +344,8 @@ class PipelineConfig(_Section):
         if section == "source" and self.source.kind == "local":
             data["model"] = LOCAL_PREFIX
         if section == "training" and self.training is not None:
+            if not field:  # a promotion rule, not how to train: only register reads it, by its dotted name
+                data.pop("require_improvement_over_base")
             if isinstance(self.training.dataset, SuiteSplitDataset):
                 # The rows are the suite's other parts: they follow from the suite and the split (and the suite's
                 # code, in the step's code hash); the finetune run records their content digest.

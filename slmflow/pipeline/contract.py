@@ -149,7 +149,7 @@ STEPS: dict[str, StepContract] = {
                 Parameter("training_run_id", "the finetune run that made the weights; empty when not fine-tuned", ""),
             ),
             outputs=("registered_model", "registered_version"),
-            sections=("registry", "source", "evaluation", "training"),
+            sections=("registry", "source", "evaluation", "training", "training.require_improvement_over_base"),
         ),
         StepContract(
             "batch_score",

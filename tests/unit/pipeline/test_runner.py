@@ -235,3 +235,15 @@ def test_the_base_is_logged_in_both_flavors_and_handed_to_evaluate_only_when_req
     assert evaluate["base_onnx_model_uri"] == "log_onnx_wrapper.base:model_uri"
     assert evaluate["base_transformers_model_uri"] == "log_transformers_pipeline.base:model_uri"
     assert evaluate["onnx_model_uri"] == "log_onnx_wrapper:model_uri"
+
+
+def test_requiring_improvement_over_the_base_redoes_register_and_never_the_training(tmp_path):
+    (tmp_path / "train.jsonl").write_text("x\n")
+
+    def keys(**training) -> dict[str, str]:
+        trained = config(tmp_path, training={"dataset": str(tmp_path / "train.jsonl"), **training})
+        return {name: cache_key(STEPS[name], {}, trained) for name in PIPELINE}
+
+    before, after = keys(), keys(require_improvement_over_base=True)
+    assert {name for name in before if after[name] != before[name]} == {"register"}
+    assert keys(require_improvement_over_base=False) == before
