@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from slmflow.digests import sha256_file
 from slmflow.errors import ConfigError
@@ -238,10 +238,27 @@ class LoraOptions(_Section):
     target_modules: tuple[str, ...] | None = Field(None, min_length=1)
 
 
+MERGE_REFUSAL = (
+    "false is not supported: the ONNX GenAI builder and both flavors need one ordinary checkpoint, not a base "
+    "plus an adapter; leave merge true (the adapter is still logged, as the finetune run's adapter/ artifact)"
+)
+
+
+class SuiteSplitDataset(_Section):
+    """Training rows from the built-in eval suite: the parts `evaluation.split` does not evaluate, each item's
+    question with its reference as the answer. Disjoint from the eval items by construction (the leakage guard
+    still checks it)."""
+
+    from_eval_suite: Literal["other_parts"]
+    max_rows: int | None = Field(None, gt=0, description="the first rows only (a CPU budget); null: all of them")
+
+
 class TrainingConfig(_Section):
     """Fine-tune the fetched checkpoint before it is built, logged, evaluated and registered."""
 
-    dataset: Path = Field(description="chat JSON Lines, one {'messages': [...]} a row ending with the answer")
+    dataset: SuiteSplitDataset | Path = Field(
+        description="chat JSON Lines, one {'messages': [...]} a row ending with the answer; or a split of the suite"
+    )
     method: Literal["lora"] = "lora"
     lora: LoraOptions = LoraOptions()
     epochs: float | None = Field(None, gt=0)
@@ -257,16 +274,24 @@ class TrainingConfig(_Section):
     assistant_only_loss: bool = True
     held_out_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="rows kept out of training for a final loss")
     logging_steps: int = Field(1, ge=1)
+    # On: evaluate also measures the base (the fetched checkpoint before finetune) in both flavors on the same
+    # items, and register promotes only when the paired interval on candidate - base accuracy lies above 0.
+    require_improvement_over_base: bool = False
 
     @model_validator(mode="after")
     def _one_budget(self) -> TrainingConfig:
         if self.epochs is not None and self.max_steps is not None:
             raise ValueError("training: give either epochs or max_steps, not both")
-        if not self.merge:
-            raise ValueError(
-                "training.merge: false is not supported: the ONNX builder and both flavors take a merged checkpoint"
-            )
         return self
+
+    @field_validator("merge")
+    @classmethod
+    def _merged(cls, merge: bool) -> bool:
+        # An unmerged adapter would need a peft-aware transformers flavor and cannot go through the ONNX GenAI
+        # builder at all (it reads a plain checkpoint); the adapter is logged beside the merged weights anyway.
+        if not merge:
+            raise ValueError(MERGE_REFUSAL)
+        return merge
 
     @property
     def budget(self) -> dict[str, float]:
@@ -285,6 +310,16 @@ class PipelineConfig(_Section):
     evaluation: EvaluationConfig
     registry: RegistryConfig
     training: TrainingConfig | None = None
+
+    @model_validator(mode="after")
+    def _suite_split_needs_a_split_suite(self) -> PipelineConfig:
+        from_suite = self.training is not None and isinstance(self.training.dataset, SuiteSplitDataset)
+        if from_suite and (self.evaluation.suite is None or self.evaluation.split is None):
+            raise ValueError(
+                "training.dataset: from_eval_suite takes the parts of evaluation.suite that evaluation.split "
+                "does not evaluate: set both evaluation.suite and evaluation.split (parts >= 2)"
+            )
+        return self
 
     def section_hash(self, *sections: str) -> str:
         """A stable hash of some sections (or dotted fields such as `source.trust_remote_code`).
@@ -309,7 +344,17 @@ class PipelineConfig(_Section):
         if section == "source" and self.source.kind == "local":
             data["model"] = LOCAL_PREFIX
         if section == "training" and self.training is not None:
-            data["dataset"] = "sha256:" + dataset_digest(self.training.dataset)
+            if not field:  # a promotion rule, not how to train: only register reads it, by its dotted name
+                data.pop("require_improvement_over_base")
+            if isinstance(self.training.dataset, SuiteSplitDataset):
+                # The rows are the suite's other parts: they follow from the suite and the split (and the suite's
+                # code, in the step's code hash); the finetune run records their content digest.
+                data["dataset"]["split_of"] = {
+                    "suite": self.evaluation.suite.model_dump(mode="json") if self.evaluation.suite else None,
+                    "split": self.evaluation.split.model_dump(mode="json") if self.evaluation.split else None,
+                }
+            else:
+                data["dataset"] = "sha256:" + dataset_digest(self.training.dataset)
         if section == "source" and self.source.chat_template is not None:
             data["chat_template"] = "sha256:" + sha256_file(self.source.chat_template)
         return data[field] if field else data
@@ -353,7 +398,7 @@ def _describe(error: ValidationError) -> str:
         if problem["type"] == "extra_forbidden":
             lines.append(f"  {key}: unknown key")
         else:
-            lines.append(f"  {key}: {problem['msg']}")
+            lines.append(f"  {key}: {problem['msg'].removeprefix('Value error, ')}")
     return "\n".join(lines)
 
 
@@ -361,7 +406,7 @@ def _resolve_paths(config: PipelineConfig, base: Path) -> PipelineConfig:
     update: dict = {}
     if config.evaluation.eval_set is not None:
         update["evaluation"] = config.evaluation.model_copy(update={"eval_set": base / config.evaluation.eval_set})
-    if config.training is not None:
+    if config.training is not None and isinstance(config.training.dataset, Path):
         update["training"] = config.training.model_copy(update={"dataset": base / config.training.dataset})
     source: dict = {}
     if config.source.kind == "local":

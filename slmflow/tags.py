@@ -43,9 +43,25 @@ def versus_champion(model: str) -> str:
     return f"{model}_vs_{CHAMPION_MODEL_NAME}"
 
 
+# The base model (fetch_model's checkpoint before finetune), measured in the same flavor as each candidate when
+# `training.require_improvement_over_base` is on: `base-onnx-chat/accuracy`, `delta/onnx-chat_vs_base/accuracy`.
+BASE_MODEL_PREFIX = "base-"
+NO_BASE = "none"  # the evaluate step's base parameters when the base is not measured
+
+
+def base_model_name(model: str) -> str:
+    return f"{BASE_MODEL_PREFIX}{model}"
+
+
+def versus_base(model: str) -> str:
+    """The paired comparison of a fine-tuned candidate with the base in its own flavor: `onnx-chat_vs_base`."""
+    return f"{model}_vs_base"
+
+
 # The finetune step run (also lineage tags on a registered fine-tuned version).
-DATASET_DIGEST = "slmflow.dataset_digest"  # sha256 of the training set's file
+DATASET_DIGEST = "slmflow.dataset_digest"  # sha256 of the training set's file (or of a suite split's rows as one)
 BASE_REVISION = "slmflow.base_revision"  # the revision of the checkpoint that was fine-tuned
+FINETUNE_REUSED = "slmflow.finetune.reused"  # "true": this machine's trained folder for the same key was reused
 
 # The parent (`main`) run and its experiment.
 SOURCE_REVISION = "slmflow.source_revision"

@@ -18,8 +18,19 @@ def evaluate(args, config, settings) -> None:
         (tags.TRANSFORMERS_MODEL_NAME, args.transformers_model_uri),
     ]
     with_champion = args.champion_model_uri != tags.NO_CHAMPION
+    # The base (before fine-tuning) in each flavor, for training.require_improvement_over_base: each
+    # candidate is compared with the base in its own flavor, so the gap is the fine-tune's, not int4's.
+    base_uris = {
+        flavor: uri
+        for flavor, uri in (
+            (tags.ONNX_MODEL_NAME, args.base_onnx_model_uri),
+            (tags.TRANSFORMERS_MODEL_NAME, args.base_transformers_model_uri),
+        )
+        if uri != tags.NO_BASE
+    }
     print(
-        f"evaluate: {len(examples)} items x {len(measured) + with_champion} models, each in its own process, "
+        f"evaluate: {len(examples)} items x {len(measured) + with_champion + len(base_uris)} models, "
+        "each in its own process, "
         "one request at a time; each model prints its expected time after its first items",
         flush=True,
     )
@@ -34,7 +45,11 @@ def evaluate(args, config, settings) -> None:
             reason = f"{args.champion_model_uri} could not be measured: {type(error).__name__}: {error}"
             mlflow.set_tag(tags.CHAMPION_ERROR, reason[:4000])
             print(f"warning: {reason}", flush=True)
-    for name, metrics in log_reports(examples, reports, config.evaluation, champion).items():
+    bases = {
+        flavor: evaluate_model(tags.base_model_name(flavor), uri, examples, max_tokens)
+        for flavor, uri in base_uris.items()
+    }
+    for name, metrics in log_reports(examples, reports, config.evaluation, champion, bases).items():
         print(f"{name}: " + ", ".join(f"{key}={value:.4g}" for key, value in sorted(metrics.items())), flush=True)
 
 

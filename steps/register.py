@@ -28,7 +28,8 @@ def register(args, config, settings) -> None:
     candidate = choose_candidate(evaluation.candidates, config.registry.selection, evaluation.onnx_vs_transformers())
     git_commit = client.get_run(mlflow.active_run().info.run_id).data.tags.get(tags.GIT_COMMIT, "")
     mlflow.log_params({"candidate_flavor": candidate.flavor, "candidate_model_uri": candidate.model_uri})
-    result = Registrar(config.registry, client).register(
+    require_base = config.training is not None and config.training.require_improvement_over_base
+    result = Registrar(config.registry, client, require_improvement_over_base=require_base).register(
         candidate,
         registration_identity(config, args.source_revision, served_code_hash(candidate.flavor), training),
         registration_tags(config, candidate, args.evaluate_run_id, git_commit, training),

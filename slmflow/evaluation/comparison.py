@@ -49,15 +49,22 @@ def paired_metrics(candidate: ModelReport, baseline: ModelReport, evaluation: Ev
 
 
 def comparison_metrics(
-    candidates: Mapping[str, ModelReport], champion: ModelReport | None, evaluation: EvaluationConfig
+    candidates: Mapping[str, ModelReport],
+    champion: ModelReport | None,
+    evaluation: EvaluationConfig,
+    bases: Mapping[str, ModelReport] | None = None,
 ) -> dict[str, float]:
-    """Every paired comparison the gates read, under `delta/<pair>/...`."""
+    """Every paired comparison the gates read, under `delta/<pair>/...`; `bases` holds the base model (before
+    fine-tuning) by the candidate flavor it was measured in: each candidate is compared with its own flavor's."""
     pairs: dict[str, tuple[ModelReport, ModelReport]] = {}
     onnx, transformers = candidates.get(tags.ONNX_MODEL_NAME), candidates.get(tags.TRANSFORMERS_MODEL_NAME)
     if onnx is not None and transformers is not None:
         pairs[tags.ONNX_VS_TRANSFORMERS] = (onnx, transformers)
     if champion is not None:
         pairs.update({tags.versus_champion(name): (report, champion) for name, report in candidates.items()})
+    for name, base in (bases or {}).items():
+        if name in candidates:
+            pairs[tags.versus_base(name)] = (candidates[name], base)
     return {
         f"{tags.DELTA_PREFIX}{pair}/{key}": value
         for pair, (candidate, baseline) in pairs.items()

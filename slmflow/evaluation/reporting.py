@@ -129,22 +129,24 @@ def log_reports(
     candidates: Sequence[ModelReport],
     evaluation: EvaluationConfig,
     champion: ModelReport | None = None,
+    bases: Mapping[str, ModelReport] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Log the eval items as the run's input; each model's metrics on the run (prefixed by model name) and
     each candidate's on its logged model (plain names, against the eval items); the paired comparisons
-    (`delta/...`); the evaluation view, the per-example table, the plots and the full report."""
+    (`delta/...`); the evaluation view, the per-example table, the plots and the full report. `bases` are the
+    base model's reports by candidate flavor, named `base-<flavor>`."""
     import mlflow
 
     dataset = eval_dataset(list(examples), evaluation)
     mlflow.log_input(dataset, context="evaluation")
-    reports = [*candidates, *([champion] if champion else [])]
+    reports = [*candidates, *([champion] if champion else []), *(bases or {}).values()]
     metrics_by_model = {report.name: model_metrics(report, examples, evaluation.confidence) for report in reports}
     for report in reports:
         mlflow.log_metrics({f"{report.name}/{key}": value for key, value in metrics_by_model[report.name].items()})
     for report in candidates:
         mlflow.log_metrics(metrics_by_model[report.name], model_id=model_id(report.model_uri), dataset=dataset)
         mlflow.set_tag(tags.CANDIDATE_PREFIX + report.name, report.model_uri)
-    comparisons = comparison_metrics({report.name: report for report in candidates}, champion, evaluation)
+    comparisons = comparison_metrics({report.name: report for report in candidates}, champion, evaluation, bases)
     mlflow.log_metrics(comparisons)
     if len(candidates) == 2:
         mlflow.log_metric("agreement_rate", agreement_rate(*candidates))

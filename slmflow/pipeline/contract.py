@@ -126,6 +126,16 @@ STEPS: dict[str, StepContract] = {
                     "models:/<name>/<version> of the champion to measure on the same items, or none",
                     "none",
                 ),
+                Parameter(
+                    "base_onnx_model_uri",
+                    "models:/ URI of the base (not fine-tuned) onnx-chat model to measure on the same items, or none",
+                    "none",
+                ),
+                Parameter(
+                    "base_transformers_model_uri",
+                    "models:/ URI of the base (not fine-tuned) transformers-chat model, or none",
+                    "none",
+                ),
             ),
             sections=("evaluation",),
         ),
@@ -139,7 +149,7 @@ STEPS: dict[str, StepContract] = {
                 Parameter("training_run_id", "the finetune run that made the weights; empty when not fine-tuned", ""),
             ),
             outputs=("registered_model", "registered_version"),
-            sections=("registry", "source", "evaluation", "training"),
+            sections=("registry", "source", "evaluation", "training", "training.require_improvement_over_base"),
         ),
         StepContract(
             "batch_score",

@@ -32,7 +32,7 @@ from slmflow.pipeline.step import (
 )
 from slmflow.registry.aliases import CHAMPION, aliased_version
 from slmflow.registry.registrar import champion_model_uri
-from slmflow.training.dataset import check_training_set
+from slmflow.training.dataset import check_configured_training_set
 
 
 def code_hash(entry_points: tuple[str, ...], project_dir: Path = PROJECT_DIR) -> str:
@@ -96,7 +96,8 @@ class StepRunner:
         self.use_cache = use_cache
         self.project_uri = project_uri
 
-    def run(self, entry_point: str, parameters: Mapping[str, str | Handoff]) -> StepResult:
+    def run(self, entry_point: str, parameters: Mapping[str, str | Handoff], label: str | None = None) -> StepResult:
+        """`label` names the step on the parent when an entry point runs twice (the base model's logging)."""
         step = STEPS[entry_point]
         key = cache_key(step, parameters, self.config)
         finished = self._finished_run(key) if self.use_cache else None
@@ -105,7 +106,7 @@ class StepRunner:
         else:
             values = {name: getattr(value, "value", value) for name, value in parameters.items()}
             result = StepResult(self._launch(entry_point, values, key), cached=False)
-        self._record(entry_point, result)
+        self._record(label or entry_point, result)
         return result
 
     def _finished_run(self, key: str) -> Run | None:
@@ -158,6 +159,10 @@ class StepRunner:
         )
 
 
+# How the parent names the logging steps run on the base model (the same entry points, other inputs).
+BASE_STEP_LABEL = "{}.base"
+
+
 def champion_to_measure(model_name: str, candidate_uris: list[str]) -> Handoff:
     """The champion version for evaluate to measure beside the candidates; none when there is no champion or
     when it is one of the candidates (already measured: a re-run with nothing changed reuses evaluate)."""
@@ -171,7 +176,7 @@ def run_pipeline(config: PipelineConfig, config_arg: str, use_cache: bool, setti
     """fetch_model -> [finetune] -> log_onnx_wrapper / log_transformers_pipeline -> evaluate -> register."""
     if config.training is not None:
         # Every run, cached or not, before any step: a bad row or an eval question in the training set stops it.
-        check_training_set(config.training.dataset, config.evaluation.eval_set)
+        check_configured_training_set(config)
     runner = StepRunner(config, use_cache)
     # Resolved before any cache lookup: a followed hub branch counts by the commit it points at now.
     revision = resolve_revision(config.source, settings)
@@ -197,7 +202,23 @@ def run_pipeline(config: PipelineConfig, config_arg: str, use_cache: bool, setti
         "transformers_model_uri": transformers.output("model_uri"),
     }
     champion = champion_to_measure(config.registry.model_name, [c.value for c in candidates.values()])
-    evaluated = runner.run("evaluate", {"config": config_arg, **candidates, "champion_model_uri": champion})
+    bases: dict[str, str | Handoff] = {}
+    if config.training is not None and config.training.require_improvement_over_base:
+        # The base, not fine-tuned, logged in both flavors from what fetch_model handed on, for evaluate to
+        # measure beside the candidates (each compared with the base in its own flavor).
+        bases = {
+            "base_onnx_model_uri": runner.run(
+                "log_onnx_wrapper",
+                {"config": config_arg, "onnx_uri": fetched.output("onnx_uri")},
+                label=BASE_STEP_LABEL.format("log_onnx_wrapper"),
+            ).output("model_uri"),
+            "base_transformers_model_uri": runner.run(
+                "log_transformers_pipeline",
+                {"config": config_arg, "checkpoint_uri": fetched.output("checkpoint_uri")},
+                label=BASE_STEP_LABEL.format("log_transformers_pipeline"),
+            ).output("model_uri"),
+        }
+    evaluated = runner.run("evaluate", {"config": config_arg, **candidates, "champion_model_uri": champion, **bases})
     registered = runner.run(
         "register",
         {

@@ -24,6 +24,7 @@ from slmflow.registry.rules import (
     gate_failures,
     gate_results,
     gates_summary,
+    improvement_over_base_gate,
     paired_interval,
 )
 
@@ -42,6 +43,10 @@ class Evaluation:
     def onnx_vs_transformers(self) -> Interval | None:
         return paired_interval(self.comparisons, tags.ONNX_VS_TRANSFORMERS, "accuracy", self.confidence)
 
+    def versus_base(self, flavor: str) -> Interval | None:
+        """candidate - base accuracy, the base measured in the candidate's flavor (None when not measured)."""
+        return paired_interval(self.comparisons, tags.versus_base(flavor), "accuracy", self.confidence)
+
 
 # A fault-injection point for the end-to-end test of a job killed after creating a version and before moving
 # its aliases: set to "1", the registering process kills its whole process group there (never set it otherwise).
@@ -56,9 +61,16 @@ class RegistrationResult:
 
 
 class Registrar:
-    def __init__(self, config: RegistryConfig, client: MlflowClient | None = None) -> None:
+    def __init__(
+        self,
+        config: RegistryConfig,
+        client: MlflowClient | None = None,
+        require_improvement_over_base: bool = False,
+    ) -> None:
+        """`require_improvement_over_base` (training's): a gate more, candidate - base accuracy above 0."""
         self.config = config
         self.client = client or MlflowClient()
+        self.require_improvement_over_base = require_improvement_over_base
 
     def champion(self) -> ModelVersion | None:
         """The champion, or None when the model or the alias does not exist; any other failure is raised."""
@@ -124,6 +136,9 @@ class Registrar:
             return RegistrationResult(existing, created=False, promoted=False)
         champion = self.champion()
         results = gate_results(candidate, self.config.gates, self._evidence(champion, candidate, evaluation))
+        if self.require_improvement_over_base:
+            versus_base = evaluation.versus_base(candidate.flavor) if evaluation is not None else None
+            results.append(improvement_over_base_gate(candidate.flavor, versus_base))
         failures = gate_failures(results)
         if failures and not self.config.register_on_gate_failure:
             raise GateFailedError(self._refusal(candidate, failures, None, champion))
@@ -172,12 +187,15 @@ class Registrar:
         outcome = (
             f"Gates failed:\n{lines}\n\nParked as `{CHALLENGER}`; `{CHAMPION}` did not move."
             if failures
-            else f"Gates passed ({gates_summary(self.config.gates)}):\n{lines}\n\nPromoted to `{CHAMPION}`."
+            else f"Gates passed ({self._gates_summary()}):\n{lines}\n\nPromoted to `{CHAMPION}`."
         )
         self.client.update_model_version(
             self.config.model_name, version.version, description=f"{description}\n\n{outcome}"
         )
         return self.client.get_model_version(self.config.model_name, version.version)
+
+    def _gates_summary(self) -> str:
+        return gates_summary(self.config.gates, self.require_improvement_over_base)
 
     def _describe_registered_model(self) -> None:
         """The registered model's description (what it is, what its aliases mean) and its tags."""
@@ -191,7 +209,7 @@ class Registrar:
         wanted = {
             "task": "llm/v1/chat",
             "selection_rule": self.config.selection.rule,
-            "gates": gates_summary(self.config.gates),
+            "gates": self._gates_summary(),
             "aliases": f"{CHAMPION}, {CHALLENGER}, {PREVIOUS_CHAMPION}",
         }
         current = self.client.get_registered_model(name).tags

@@ -189,16 +189,40 @@ def gate_results(candidate: Candidate, gates: Gates, champion: ChampionEvidence 
     return results
 
 
+IMPROVEMENT_OVER_BASE = "improvement_over_base"
+
+
+def improvement_over_base_gate(flavor: str, versus_base: Interval | None) -> GateResult:
+    """training.require_improvement_over_base: the fine-tuned candidate must be significantly better than the base
+    measured in its own flavor on the same items, i.e. the paired interval on candidate - base accuracy lies
+    wholly above 0 (a lower bound of exactly 0 is not shown better). Unmeasured, it fails."""
+    if versus_base is None:
+        return GateResult(
+            IMPROVEMENT_OVER_BASE,
+            False,
+            f"accuracy - base ({flavor}) was not measured in the evaluate run, so no improvement is shown",
+        )
+    passed = versus_base.low > 0
+    return GateResult(
+        IMPROVEMENT_OVER_BASE,
+        passed,
+        f"accuracy - base ({flavor}, not fine-tuned, same items) {versus_base}, lower bound "
+        f"{'above' if passed else 'not above'} 0.000",
+    )
+
+
 def gate_failures(results: list[GateResult]) -> list[str]:
     return [result.text for result in results if not result.passed]
 
 
-def gates_summary(gates: Gates) -> str:
+def gates_summary(gates: Gates, require_improvement_over_base: bool = False) -> str:
     parts = [f"min_accuracy {gates.min_accuracy:.2f}", f"min_tokens_per_second {gates.min_tokens_per_second:g}"]
     if gates.max_accuracy_regression is not None:
         parts.append(f"max_accuracy_regression {gates.max_accuracy_regression:.2f} (paired lower bound)")
     if gates.max_latency_regression is not None:
         parts.append(f"max_latency_regression {gates.max_latency_regression:.2f} (paired upper bound)")
+    if require_improvement_over_base:
+        parts.append("improvement over the base (paired lower bound above 0)")
     return ", ".join(parts)
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from slmflow.chat.request import ROLES, parse_messages, quote
+from slmflow.config import PipelineConfig, SplitConfig, SuiteSplitDataset, dataset_digest
 from slmflow.errors import BadRequestError, TrainingDataError
 
 Message = dict[str, str]
@@ -52,21 +53,105 @@ def load_training_set(path: Path) -> list[TrainingRow]:
 
 def check_training_set(dataset: Path, eval_set: Path) -> list[TrainingRow]:
     """The rows, refused when malformed or when one asks an eval question (every eval row counts)."""
-    from slmflow.evaluation.dataset import load_eval_set
-
     rows = load_training_set(dataset)
-    examples = load_eval_set(eval_set)
-    check_leakage(rows, eval_questions(example.messages for example in examples), eval_set.name)
+    check_training_set_rows(rows, eval_set)
     return rows
 
 
-def training_dataset(rows: Sequence[TrainingRow], path: Path, digest: str) -> Any:
-    """The rows as an MLflow dataset named after the file, known by the file's content digest."""
+@dataclass(frozen=True)
+class TrainingSet:
+    """The configured training rows, what they are called and their content digest (sha256 of the JSON Lines)."""
+
+    rows: list[TrainingRow]
+    digest: str
+    name: str
+    source: str
+
+
+def rows_digest(rows: Sequence[TrainingRow]) -> str:
+    """The rows' digest as the file `{"messages": [...]}` per line would have it: a suite split is versioned like
+    a file, and the digest changes with the suite, the split or its seed."""
+    import hashlib
+
+    text = "".join(json.dumps({"messages": row.messages}) + "\n" for row in rows)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def suite_training_rows(config: PipelineConfig) -> list[TrainingRow]:
+    """The suite's items outside the evaluated part of its split: each question with its reference as the answer."""
+    from slmflow.evaluation.dataset import split_part
+    from slmflow.evaluation.suites import build_suite
+
+    evaluation, dataset = config.evaluation, config.training.dataset if config.training else None
+    if not isinstance(dataset, SuiteSplitDataset) or evaluation.suite is None or evaluation.split is None:
+        raise TrainingDataError("training.dataset: from_eval_suite needs evaluation.suite and evaluation.split")
+    examples = build_suite(evaluation.suite)
+    split = evaluation.split
+    parts = [
+        split_part(examples, SplitConfig(parts=split.parts, part=part, seed=split.seed)) for part in range(split.parts)
+    ]
+    chosen = [example for index, part in enumerate(parts) if index != split.part for example in part]
+    name = suite_training_name(config)
+    rows = [
+        TrainingRow(f"{name}:{number}", example.messages, example.reference)
+        for number, example in enumerate(chosen[: dataset.max_rows] if dataset.max_rows else chosen, 1)
+    ]
+    if not rows:
+        raise TrainingDataError(f"training.dataset: {name} has no rows")
+    return rows
+
+
+def suite_training_name(config: PipelineConfig) -> str:
+    from slmflow.evaluation.dataset import eval_set_name
+
+    split = config.evaluation.split
+    return f"{eval_set_name(config.evaluation)}-train" + (f"-not-part{split.part}of{split.parts}" if split else "")
+
+
+def load_configured_training_set(config: PipelineConfig) -> TrainingSet:
+    """The training section's rows: its JSON Lines file, or the suite's parts that are not evaluated."""
+    if config.training is None:
+        raise TrainingDataError("training: the config has no training section")
+    dataset = config.training.dataset
+    if isinstance(dataset, SuiteSplitDataset):
+        rows = suite_training_rows(config)
+        return TrainingSet(
+            rows, rows_digest(rows), suite_training_name(config), f"slmflow:{suite_training_name(config)}"
+        )
+    return TrainingSet(load_training_set(dataset), dataset_digest(dataset), dataset.stem, str(dataset))
+
+
+def check_configured_training_set(config: PipelineConfig) -> TrainingSet:
+    """The training rows, refused when malformed or when one asks an eval question: for an eval file every row
+    of it counts; for a suite, every item of the evaluated part (before max_examples)."""
+    from slmflow.evaluation.dataset import eval_set_name, load_examples
+
+    training_set = load_configured_training_set(config)
+    evaluation = config.evaluation
+    if evaluation.eval_set is not None:
+        check_training_set_rows(training_set.rows, evaluation.eval_set)
+        return training_set
+    evaluated = load_examples(evaluation.model_copy(update={"max_examples": None}))
+    check_leakage(training_set.rows, eval_questions(e.messages for e in evaluated), eval_set_name(evaluation))
+    return training_set
+
+
+def check_training_set_rows(rows: Sequence[TrainingRow], eval_set: Path) -> None:
+    from slmflow.evaluation.dataset import load_eval_set
+
+    examples = load_eval_set(eval_set)
+    check_leakage(rows, eval_questions(example.messages for example in examples), eval_set.name)
+
+
+def training_dataset(training_set: TrainingSet) -> Any:
+    """The rows as an MLflow dataset named after the file (or the suite split), known by their content digest."""
     import mlflow
     import pandas as pd
 
-    frame = pd.DataFrame({"messages": [json.dumps(row.messages) for row in rows]})
-    return mlflow.data.from_pandas(frame, source=str(path), name=path.stem, digest=digest[:16])
+    frame = pd.DataFrame({"messages": [json.dumps(row.messages) for row in training_set.rows]})
+    return mlflow.data.from_pandas(
+        frame, source=training_set.source, name=training_set.name, digest=training_set.digest[:16]
+    )
 
 
 def _parse_row(line: str, where: str) -> TrainingRow:

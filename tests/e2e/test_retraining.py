@@ -38,14 +38,19 @@ def step_reuse(parent) -> dict[str, bool]:
     return {step: parent.data.tags[f"slmflow.step.{step}.cached"] == "true" for step in STEPS}
 
 
-def retrain_config(folder: Path, extra_rows: list[dict]) -> Path:
-    """configs/tiny-retrain.yaml beside a copy of its data, with rows added to the training set (new data)."""
+def retrain_config(folder: Path, extra_rows: list[dict], **training) -> Path:
+    """configs/tiny-retrain.yaml beside a copy of its data, with rows added to the training set (new data) and
+    `training` settings changed."""
     configs = folder / "configs"
     shutil.copytree(PROJECT_DIR / "configs" / "eval", configs / "eval")
     shutil.copytree(PROJECT_DIR / "configs" / "train", configs / "train")
     with (configs / "train" / DATASET.name).open("a") as handle:
         handle.writelines(json.dumps(row) + "\n" for row in extra_rows)
-    return Path(shutil.copy(PROJECT_DIR / CONFIG, configs / "retrain.yaml"))
+    config = yaml.safe_load((PROJECT_DIR / CONFIG).read_text())
+    config["training"].update(training)
+    path = configs / "retrain.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
 
 
 def capital_row(country: str, capital: str) -> dict:
@@ -138,7 +143,10 @@ def test_the_same_data_again_reuses_every_step_and_registers_nothing(first_run, 
 
 
 def test_a_job_killed_during_training_then_new_data_retrains_and_the_gates_decide(first_run, team, checkout, tmp_path):
-    config = retrain_config(tmp_path, [capital_row("Spain", "Madrid"), capital_row("Japan", "Tokyo")])
+    """The new job also asks for an improvement over the base: evaluate measures the base in both flavors."""
+    config = retrain_config(
+        tmp_path, [capital_row("Spain", "Madrid"), capital_row("Japan", "Tokyo")], require_improvement_over_base=True
+    )
     started = time.time()
     job = subprocess.Popen(
         team.command(str(checkout), config),
@@ -161,10 +169,13 @@ def test_a_job_killed_during_training_then_new_data_retrains_and_the_gates_decid
     assert [v.version for v in team.client.search_model_versions(f"name = '{MODEL_NAME}'")] == ["1"]
     assert aliases(team.client, MODEL_NAME) == {"champion": "1"}
 
-    retrained = run_job(team, checkout, config)
-    team.assert_ok(retrained)
-    parent = team.parent_of(retrained.stdout + retrained.stderr)
-    assert step_reuse(parent) == {
+    job = run_job(team, checkout, config)
+    parent = team.parent_of(job.stdout + job.stderr)
+    # A refused register records no step on the parent: it is read from the parent's children.
+    children = team.children(parent)
+    assert "register" in children, job.stdout[-3000:] + job.stderr[-5000:]
+    register = children["register"]
+    assert {step: parent.data.tags.get(f"slmflow.step.{step}.cached") == "true" for step in STEPS} == {
         "fetch_model": True,  # same base
         "finetune": False,  # new data (and the killed run is not finished)
         "log_onnx_wrapper": False,
@@ -172,16 +183,41 @@ def test_a_job_killed_during_training_then_new_data_retrains_and_the_gates_decid
         "evaluate": False,
         "register": False,
     }
+    # The base, not fine-tuned, logged in both flavors from fetch_model's hand-offs and measured on the same items.
+    fetch = parent.data.tags["slmflow.step.fetch_model.run_id"]
+    base_onnx = team.client.get_run(parent.data.tags["slmflow.step.log_onnx_wrapper.base.run_id"])
+    assert base_onnx.data.params["onnx_uri"] == f"runs:/{fetch}/onnx"
+    base_transformers = team.client.get_run(parent.data.tags["slmflow.step.log_transformers_pipeline.base.run_id"])
+    assert base_transformers.data.params["checkpoint_uri"] == f"runs:/{fetch}/checkpoint"
+    evaluate = team.client.get_run(parent.data.tags["slmflow.step.evaluate.run_id"])
+    assert evaluate.data.params["base_onnx_model_uri"] == base_onnx.data.tags["slmflow.output.model_uri"]
+    metrics = evaluate.data.metrics
+    for flavor in ("onnx-chat", "transformers-chat"):
+        assert 0 <= metrics[f"base-{flavor}/accuracy"] <= 1
+        delta = f"delta/{flavor}_vs_base/accuracy"
+        assert metrics[f"{delta}_ci_low"] <= metrics[delta] <= metrics[f"{delta}_ci_high"]
+    flavor = register.data.params["candidate_flavor"]
+    shown_better = metrics[f"delta/{flavor}_vs_base/accuracy_ci_low"] > 0
     retrained = team.client.get_run(parent.data.tags["slmflow.step.finetune.run_id"])
     assert retrained.info.run_id != training.info.run_id
     assert retrained.data.tags["slmflow.cache_key"] == training.data.tags["slmflow.cache_key"]
     assert retrained.data.metrics["dataset_rows"] == 42
-    # The gates decide: the new version passed them (accuracy against the champion) and took over.
+    # The gates decide, the base's among them: promoted only when the paired lower bound over the base is above 0.
+    if not shown_better:
+        assert job.returncode != 0
+        assert f"accuracy - base ({flavor}, not fine-tuned, same items)" in job.stderr
+        assert "lower bound not above 0.000" in job.stderr and "nothing registered; champion stays at version 1" in (
+            job.stderr
+        )
+        assert aliases(team.client, MODEL_NAME) == {"champion": "1"}
+        return
+    team.assert_ok(job)
     version = team.client.get_model_version(MODEL_NAME, "2")
     assert (
         version.tags["gates"] == "passed"
         and version.tags["dataset_digest"] != (team.client.get_model_version(MODEL_NAME, "1").tags["dataset_digest"])
     )
+    assert version.tags["gate.improvement_over_base"].startswith(f"passed: accuracy - base ({flavor}")
     assert aliases(team.client, MODEL_NAME) == {"champion": "2", "previous-champion": "1"}
 
 

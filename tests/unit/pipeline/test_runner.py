@@ -188,3 +188,62 @@ def test_outputs_are_read_with_their_content():
     named_only = [RunTag("slmflow.output.model_uri", "models:/m-1")]  # a URI that names immutable content
     run = Run(RunInfo("r", "0", "u", "FINISHED", 0, 0, "active"), RunData(tags=named_only))
     assert StepResult(run, cached=False).output("model_uri") == Handoff("models:/m-1", "models:/m-1")
+
+
+class FakeRunner:
+    """Records what run_pipeline asks each step for; every step 'outputs' <label>:<output name>."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        self.calls: list[tuple[str, str, dict]] = []
+        FakeRunner.last = self
+
+    def run(self, entry_point, parameters, label=None):
+        from mlflow.entities import Run, RunData, RunInfo, RunTag
+
+        name = label or entry_point
+        self.calls.append((entry_point, name, dict(parameters)))
+        outputs = [RunTag(f"slmflow.output.{o}", f"{name}:{o}") for o in STEPS[entry_point].outputs]
+        return StepResult(
+            Run(RunInfo(f"run-{name}", "0", "u", "FINISHED", 0, 0, "active"), RunData(tags=outputs)), False
+        )
+
+
+@pytest.mark.parametrize("required", [True, False])
+def test_the_base_is_logged_in_both_flavors_and_handed_to_evaluate_only_when_required(tmp_path, monkeypatch, required):
+    import slmflow.pipeline.runner as runner
+
+    (tmp_path / "train.jsonl").write_text("x\n")
+    trained = config(
+        tmp_path, training={"dataset": str(tmp_path / "train.jsonl"), "require_improvement_over_base": required}
+    )
+    monkeypatch.setattr(runner, "StepRunner", FakeRunner)
+    monkeypatch.setattr(runner, "check_configured_training_set", lambda *args: None)
+    monkeypatch.setattr(runner, "resolve_revision", lambda *args: "rev")
+    monkeypatch.setattr(runner, "champion_to_measure", lambda *args: Handoff("none", "none"))
+    monkeypatch.setattr(runner, "set_outputs", lambda *args, **kwargs: None)
+    monkeypatch.setattr(runner.mlflow, "set_tag", lambda *args: None)
+    runner.run_pipeline(trained, "c.yaml", use_cache=True, settings=None)
+    calls = {name: parameters for _, name, parameters in FakeRunner.last.calls}
+    evaluate = {k: getattr(v, "value", v) for k, v in calls["evaluate"].items()}
+    # The candidates come from the fine-tuned checkpoint, whatever the setting.
+    assert calls["log_onnx_wrapper"]["onnx_uri"].value == "finetune:onnx_uri"
+    if not required:
+        assert "log_onnx_wrapper.base" not in calls and "base_onnx_model_uri" not in evaluate
+        return
+    assert calls["log_onnx_wrapper.base"]["onnx_uri"].value == "fetch_model:onnx_uri"
+    assert calls["log_transformers_pipeline.base"]["checkpoint_uri"].value == "fetch_model:checkpoint_uri"
+    assert evaluate["base_onnx_model_uri"] == "log_onnx_wrapper.base:model_uri"
+    assert evaluate["base_transformers_model_uri"] == "log_transformers_pipeline.base:model_uri"
+    assert evaluate["onnx_model_uri"] == "log_onnx_wrapper:model_uri"
+
+
+def test_requiring_improvement_over_the_base_redoes_register_and_never_the_training(tmp_path):
+    (tmp_path / "train.jsonl").write_text("x\n")
+
+    def keys(**training) -> dict[str, str]:
+        trained = config(tmp_path, training={"dataset": str(tmp_path / "train.jsonl"), **training})
+        return {name: cache_key(STEPS[name], {}, trained) for name in PIPELINE}
+
+    before, after = keys(), keys(require_improvement_over_base=True)
+    assert {name for name in before if after[name] != before[name]} == {"register"}
+    assert keys(require_improvement_over_base=False) == before

@@ -274,3 +274,39 @@ def test_ask_prints_the_champions_answer(logged_models):
     done = run_command([sys.executable, "-m", "slmflow.registry", "ask", "ask-test", question], cwd=PROJECT_DIR)
     assert done.returncode == 0, done.stderr
     assert f"models:/ask-test@champion answers {question!r}: 'The capital of Peru is Lima.'" in done.stdout
+
+
+def versus_base(low: float) -> Evaluation:
+    comparisons = {
+        "onnx-chat_vs_base/accuracy": 0.1,
+        "onnx-chat_vs_base/accuracy_ci_low": low,
+        "onnx-chat_vs_base/accuracy_ci_high": 0.2,
+    }
+    return Evaluation("run-1", {}, comparisons, None, None, 0.95)
+
+
+def test_a_fine_tune_not_shown_better_than_its_base_is_refused_with_the_interval(logged_uri):
+    strict = Registrar(RegistryConfig(model_name="reg-test"), require_improvement_over_base=True)
+    with pytest.raises(GateFailedError) as refused:
+        strict.register(Candidate("onnx-chat", logged_uri, GOOD), identity(), {}, "d", versus_base(0.0))
+    assert "accuracy - base (onnx-chat, not fine-tuned, same items) +0.100 [+0.000, +0.200] (95%), lower bound " in (
+        str(refused.value)
+    )
+    assert "nothing registered; there is no champion" in str(refused.value)
+    # Without the setting, the same evaluation passes: the base gate is opt-in.
+    assert (
+        registrar().register(Candidate("onnx-chat", logged_uri, GOOD), identity(), {}, "d", versus_base(0.0)).promoted
+    )
+
+
+def test_a_fine_tune_better_than_its_base_is_promoted_and_the_gate_is_recorded(logged_uri):
+    strict = Registrar(RegistryConfig(model_name="reg-test"), require_improvement_over_base=True)
+    result = strict.register(Candidate("onnx-chat", logged_uri, GOOD), identity(), {}, "d", versus_base(0.02))
+    assert result.promoted
+    version = MlflowClient().get_model_version("reg-test", result.version.version)
+    assert version.tags["gate.improvement_over_base"] == (
+        "passed: accuracy - base (onnx-chat, not fine-tuned, same items) +0.100 [+0.020, +0.200] (95%), "
+        "lower bound above 0.000"
+    )
+    assert "improvement over the base (paired lower bound above 0)" in version.description
+    assert "- passed: accuracy - base (onnx-chat" in version.description

@@ -11,6 +11,8 @@ from slmflow.registry.rules import (
     explain_choice,
     gate_failures,
     gate_results,
+    gates_summary,
+    improvement_over_base_gate,
     margin_problems,
 )
 from testkit.processes import PROJECT_DIR
@@ -141,3 +143,35 @@ def test_a_margin_the_suite_cannot_resolve_is_refused_saying_how_many_items_it_n
         "(evaluation.assumed_discordance 0.15); the eval items are 24: add items or widen the margin"
     )
     assert margin_problems(strict, 231) == []
+
+
+@pytest.mark.parametrize(
+    ("low", "passed", "verdict"),
+    [
+        (0.001, True, "lower bound above 0.000"),
+        (0.0, False, "lower bound not above 0.000"),  # an interval touching 0 shows no improvement
+        (-0.05, False, "lower bound not above 0.000"),
+    ],
+)
+def test_improvement_over_base_needs_the_whole_paired_interval_above_zero(low, passed, verdict):
+    gate = improvement_over_base_gate("onnx-chat", gap(0.1, low, 0.2))
+    assert gate.name == "improvement_over_base" and gate.passed is passed
+    assert gate.text == (
+        f"accuracy - base (onnx-chat, not fine-tuned, same items) +0.100 [{low:+.3f}, +0.200] (95%), {verdict}"
+    )
+
+
+def test_an_unmeasured_base_fails_the_improvement_gate_saying_why():
+    gate = improvement_over_base_gate("transformers-chat", None)
+    assert not gate.passed
+    assert gate.text == (
+        "accuracy - base (transformers-chat) was not measured in the evaluate run, so no improvement is shown"
+    )
+    assert gate_failures([gate]) == [gate.text]
+
+
+def test_the_gates_summary_names_the_base_gate_only_when_required():
+    assert "improvement over the base" not in gates_summary(Gates())
+    assert gates_summary(Gates(), require_improvement_over_base=True).endswith(
+        "improvement over the base (paired lower bound above 0)"
+    )

@@ -126,3 +126,100 @@ def test_target_modules_default_per_architecture_and_must_exist():
         r"\(its linear layers: lm_head, o_proj, qkv_proj\)",
     ):
         check_target_modules(("q_proj", "v_proj"), layers, "phi3")
+
+
+def suite_config(tmp_path=None, dataset=None, split=None, max_rows=None):
+    from slmflow.config import PipelineConfig
+
+    return PipelineConfig.model_validate(
+        {
+            "source": {"model": "builtin:tiny-phi3"},
+            "evaluation": {
+                "suite": {"skills": {"arithmetic": 60, "unit_conversions": 20}, "seed": 0},
+                "split": split or {"parts": 4, "part": 1, "seed": 0},
+            },
+            "registry": {"model_name": "m"},
+            "training": {"dataset": dataset or {"from_eval_suite": "other_parts", "max_rows": max_rows}},
+        }
+    )
+
+
+def test_a_suite_split_trains_on_the_parts_that_are_not_evaluated():
+    from slmflow.evaluation.dataset import load_examples
+    from slmflow.training.dataset import check_configured_training_set
+
+    config = suite_config()
+    training_set = check_configured_training_set(config)  # the leakage guard passes: disjoint by construction
+    evaluated = load_examples(config.evaluation)
+    assert len(evaluated) == 20 and len(training_set.rows) == 60  # 80 items in 4 parts: one evaluated, three trained
+    trained = {row.user_turns[0] for row in training_set.rows}
+    assert trained.isdisjoint(e.question for e in evaluated)
+    assert len(trained | {e.question for e in evaluated}) == 80  # together, the whole suite
+    row = training_set.rows[0]
+    assert row.where == "suite-arithmetic-unit_conversions-train-not-part1of4:1"
+    assert row.answer.isdigit() and row.messages[-1] == {"role": "assistant", "content": row.answer}
+    assert training_set.name == "suite-arithmetic-unit_conversions-train-not-part1of4"
+    assert len(check_configured_training_set(suite_config(max_rows=7)).rows) == 7
+
+
+def test_the_suite_split_digest_covers_the_split_and_the_suite():
+    from slmflow.training.dataset import load_configured_training_set, rows_digest
+
+    digest = load_configured_training_set(suite_config()).digest
+    assert digest == rows_digest(load_configured_training_set(suite_config()).rows) and len(digest) == 64
+    others = [
+        suite_config(split={"parts": 4, "part": 2, "seed": 0}),
+        suite_config(split={"parts": 4, "part": 1, "seed": 1}),
+        suite_config(split={"parts": 5, "part": 1, "seed": 0}),
+        suite_config(max_rows=10),
+    ]
+    assert all(load_configured_training_set(config).digest != digest for config in others)
+    # The finetune key reads the training section: it changes with the split even though the section does not.
+    hashes = {config.section_hash("training") for config in [suite_config(), *others]}
+    assert len(hashes) == 5
+
+
+def test_the_leakage_guard_holds_for_a_suite_split(monkeypatch):
+    import slmflow.training.dataset as dataset
+    from slmflow.evaluation.dataset import load_examples
+
+    config = suite_config()
+    question = load_examples(config.evaluation)[3].question
+    leaked = dataset.TrainingRow("suite:9", ({"role": "user", "content": question.upper()},), "42")
+    monkeypatch.setattr(dataset, "suite_training_rows", lambda config: [leaked])
+    with pytest.raises(TrainingDataError) as refused:
+        dataset.check_configured_training_set(config)
+    assert str(refused.value) == (
+        "training.dataset: 1 row(s) ask a question of the eval set suite-arithmetic-unit_conversions; "
+        f"the first is suite:9: '{question.upper()}'"
+    )
+
+
+def test_a_training_file_is_checked_against_the_evaluated_suite_part(tmp_path):
+    from slmflow.evaluation.dataset import load_examples
+    from slmflow.training.dataset import check_configured_training_set
+
+    question = load_examples(suite_config().evaluation)[0].question
+    train = tmp_path / "train.jsonl"
+    train.write_text(GOOD + "\n" + chat(("user", question), ("assistant", "7")) + "\n")
+    with pytest.raises(TrainingDataError, match=r"1 row\(s\) ask a question of the eval set .*train\.jsonl:2"):
+        check_configured_training_set(suite_config(dataset=str(train)))
+
+
+def test_a_suite_split_without_a_split_suite_is_refused_naming_the_fields(tmp_path):
+    from slmflow.config import load_config
+    from slmflow.errors import ConfigError
+
+    path = tmp_path / "c.yaml"
+    (tmp_path / "eval.jsonl").write_text('{"messages": [{"role": "user", "content": "q"}], "reference": "x"}\n')
+    path.write_text(
+        "source: {model: 'builtin:tiny-phi3'}\nevaluation: {eval_set: eval.jsonl}\nregistry: {model_name: m}\n"
+        "training: {dataset: {from_eval_suite: other_parts}}\n"
+    )
+    with pytest.raises(
+        ConfigError, match=r"from_eval_suite takes the parts of evaluation\.suite that evaluation\.split"
+    ):
+        load_config(path)
+    path.write_text(path.read_text().replace("other_parts", "all"))
+    with pytest.raises(ConfigError, match=r"training\.dataset\.SuiteSplitDataset\.from_eval_suite: Input should be"):
+        load_config(path)
