@@ -141,3 +141,77 @@ def test_a_margin_the_suite_cannot_resolve_is_refused_saying_how_many_items_it_n
         "(evaluation.assumed_discordance 0.15); the eval items are 24: add items or widen the margin"
     )
     assert margin_problems(strict, 231) == []
+
+
+# Boundaries: each threshold exactly met. Values are exact in binary, so `<` against `<=` is what decides.
+
+
+def test_a_candidate_exactly_at_min_accuracy_and_min_tokens_per_second_passes():
+    at = Candidate("onnx-chat", "models:/m-x", {"accuracy": 0.75, "tokens_per_second": 500.0})
+    results = gate_results(at, Gates(min_accuracy=0.75, min_tokens_per_second=500), None)
+    assert [(r.name, r.passed, r.text) for r in results] == [
+        ("min_accuracy", True, "accuracy 0.750 >= min_accuracy 0.750"),
+        ("min_tokens_per_second", True, "tokens_per_second 500.0 >= min_tokens_per_second 500.0"),
+    ]
+
+
+def test_a_latency_upper_bound_exactly_at_one_plus_the_margin_fails():
+    onnx = candidates()["onnx-chat"]
+
+    def latency_gate(high: float) -> bool:
+        ratio = {**PAIRED, "onnx-chat_vs_champion/latency_ratio_ci_high": high}
+        gates = Gates(max_accuracy_regression=None, max_latency_regression=0.5)
+        [result] = [r for r in gate_results(onnx, gates, evidence(onnx, ratio)) if r.name == "max_latency_regression"]
+        return result.passed
+
+    assert latency_gate(1.4375) and not latency_gate(1.5)  # the ceiling is 1 + 0.5, never 0.5
+
+
+def fallback_gates(candidate_metrics, recorded, **gates):
+    candidate = Candidate("onnx-chat", "models:/m-onnx", {**GOOD, **candidate_metrics})
+    fallback = champion_evidence("1", "models:/m-champion", recorded, candidate, {}, {}, None, None, 0.95)
+    assert fallback.accuracy is None and fallback.latency_ratio is None
+    return {r.name: r for r in gate_results(candidate, Gates(**gates), fallback)}
+
+
+def test_recorded_metrics_fallback_boundaries():
+    """Without a paired measurement: accuracy - recorded must lie above -margin, latency below recorded x (1 + m)."""
+    regression = {"max_accuracy_regression": 0.25, "max_latency_regression": None}
+    on_floor = fallback_gates({"accuracy": 0.5}, {"accuracy": 0.75}, **regression)["max_accuracy_regression"]
+    assert not on_floor.passed and on_floor.text.startswith(
+        "accuracy 0.500 - champion's recorded 0.750 = -0.250, not above -0.250, against champion version 1 "
+        "(not measured in this run (version 1 was not measured in this run); compared with its recorded metrics)"
+    )
+    assert fallback_gates({"accuracy": 0.5625}, {"accuracy": 0.75}, **regression)["max_accuracy_regression"].passed
+    latency = {"max_accuracy_regression": None, "max_latency_regression": 0.5}
+    recorded = {"accuracy": 0.9, "latency_p50_s": 0.25}  # the ceiling: 0.25 x 1.5 = 0.375
+    assert fallback_gates({"latency_p50_s": 0.3125}, recorded, **latency)["max_latency_regression"].passed
+    on_ceiling = fallback_gates({"latency_p50_s": 0.375}, recorded, **latency)["max_latency_regression"]
+    assert not on_ceiling.passed and on_ceiling.text.startswith(
+        "latency_p50_s 0.3750 against the champion's recorded 0.2500 x 1.500"
+    )
+    # A champion that recorded no latency cannot be slower than: the gate passes, saying nan.
+    unrecorded = fallback_gates({"latency_p50_s": 9.0}, {"accuracy": 0.9}, **latency)["max_latency_regression"]
+    assert unrecorded.passed and "recorded nan x 1.500" in unrecorded.text
+
+
+def test_a_tie_goes_to_the_faster_candidate_whichever_comes_first():
+    def tied(first: str, first_speed: float, second: str, second_speed: float) -> dict[str, Candidate]:
+        return {
+            name: Candidate(name, f"models:/{name}", {**GOOD, "tokens_per_second": speed})
+            for name, speed in ((first, first_speed), (second, second_speed))
+        }
+
+    slower_first = tied("transformers-chat", 50.0, "onnx-chat", 300.0)
+    assert choose_candidate(slower_first, SelectionRule(), None).flavor == "onnx-chat"
+    assert choose_candidate(tied("onnx-chat", 50.0, "transformers-chat", 300.0), SelectionRule(), None).flavor == (
+        "transformers-chat"
+    )
+
+
+def test_prefer_onnx_without_a_paired_interval_falls_back_to_the_best_accuracy():
+    """No onnx - transformers interval (one flavor evaluated on other items): nothing shows ONNX non-inferior."""
+    assert choose_candidate(candidates(0.9, 0.95), RULE, None).flavor == "transformers-chat"
+    assert explain_choice(candidates(0.9, 0.95), RULE, None).startswith(
+        "transformers-chat chosen by rule prefer_onnx: highest accuracy, ties broken by tokens/s ("
+    )
