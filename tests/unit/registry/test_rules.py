@@ -11,6 +11,7 @@ from slmflow.registry.rules import (
     explain_choice,
     gate_failures,
     gate_results,
+    gates_summary,
     margin_problems,
 )
 from testkit.processes import PROJECT_DIR
@@ -214,4 +215,110 @@ def test_prefer_onnx_without_a_paired_interval_falls_back_to_the_best_accuracy()
     assert choose_candidate(candidates(0.9, 0.95), RULE, None).flavor == "transformers-chat"
     assert explain_choice(candidates(0.9, 0.95), RULE, None).startswith(
         "transformers-chat chosen by rule prefer_onnx: highest accuracy, ties broken by tokens/s ("
+    )
+
+
+def test_every_branch_of_the_explanation_names_the_rule_and_the_gap():
+    assert explain_choice(candidates(0.80, 0.95), RULE, gap(-0.15, -0.2, -0.1)) == (
+        "transformers-chat chosen by rule prefer_onnx: the ONNX model is not shown non-inferior (onnx - transformers "
+        "accuracy -0.150 [-0.200, -0.100] (95%) reaches -0.05); highest accuracy, ties broken by tokens/s "
+        "(onnx-chat: accuracy 0.800, 300.0 tokens/s; transformers-chat: accuracy 0.950, 50.0 tokens/s)."
+    )
+    assert explain_choice(candidates(0.80, 0.95), SelectionRule(), gap(-0.15, -0.2, -0.1)) == (
+        "transformers-chat chosen by rule best_accuracy: highest accuracy, ties broken by tokens/s; onnx - "
+        "transformers accuracy -0.150 [-0.200, -0.100] (95%) (onnx-chat: accuracy 0.800, 300.0 tokens/s; "
+        "transformers-chat: accuracy 0.950, 50.0 tokens/s)."
+    )
+
+
+def test_the_champion_itself_is_an_exact_zero_difference_and_an_exact_ratio_of_one():
+    onnx = candidates()["onnx-chat"]
+    itself = evidence(onnx, {}, measured=None, champion_uri="models:/m-onnx")
+    assert (itself.version, itself.accuracy, itself.latency_ratio) == (
+        "1",
+        Interval(0.0, 0.0, 0.0, 0.95),
+        Interval(1.0, 1.0, 1.0, 0.95),
+    )
+    passed = gate_results(onnx, Gates(max_accuracy_regression=0.05, max_latency_regression=0.25), itself)
+    assert [r.text for r in passed[2:]] == [
+        "accuracy - champion +0.000 [+0.000, +0.000] (95%), lower bound above -0.050, against champion version 1 "
+        "(is this very model)",
+        "latency / champion median ratio 1.000 [1.000, 1.000] (95%), upper bound below 1.250, against champion "
+        "version 1 (is this very model)",
+    ]
+
+
+def test_the_other_flavor_as_champion_turns_the_whole_pair_and_needs_both_intervals():
+    transformers = candidates()["transformers-chat"]
+    turned = evidence(transformers, PAIRED, measured=None, champion_uri="models:/m-onnx")
+    assert turned.version == "1"
+    assert turned.accuracy == Interval(0.05, 0.01, 0.08, 0.95)
+    assert turned.latency_ratio == Interval(2.0, 1.6, 2.5, 0.95)
+    onnx = candidates()["onnx-chat"]  # the ONNX candidate against a transformers champion: the pair as logged
+    straight = evidence(onnx, PAIRED, measured=None, champion_uri="models:/m-tf")
+    assert (straight.accuracy, straight.latency_ratio) == (
+        Interval(-0.05, -0.08, -0.01, 0.95),
+        Interval(0.5, 0.4, 0.625, 0.95),
+    )
+    accuracy_only = {k: v for k, v in PAIRED.items() if k.startswith("onnx_vs_transformers/accuracy")}
+    half = evidence(transformers, accuracy_only, measured=None, champion_uri="models:/m-onnx")
+    assert half.accuracy is None and half.how.startswith("not measured in this run")
+
+
+def test_a_champion_that_recorded_no_metrics_is_compared_with_zero_accuracy_and_no_latency():
+    gates = {"max_accuracy_regression": 0.25, "max_latency_regression": 0.5}
+    results = fallback_gates({"accuracy": 0.5, "latency_p50_s": 0.1}, {}, **gates)
+    assert results["max_accuracy_regression"].passed
+    assert results["max_accuracy_regression"].text.startswith(
+        "accuracy 0.500 - champion's recorded 0.000 = +0.500, above -0.250"
+    )
+    assert results["max_latency_regression"].passed
+    recorded_latency_only = fallback_gates({"accuracy": 0.5, "latency_p50_s": 0.1}, {"latency_p50_s": 1.0}, **gates)
+    assert "champion's recorded 0.000 = +0.500, above" in recorded_latency_only["max_accuracy_regression"].text
+
+
+def test_paired_verdicts_name_a_pass_too():
+    onnx = candidates()["onnx-chat"]
+    gates = Gates(max_accuracy_regression=0.05, max_latency_regression=0.5)
+    [accuracy, latency] = gate_results(onnx, gates, evidence(onnx, PAIRED))[2:]
+    assert accuracy.passed and "lower bound above -0.050, against champion version 1" in accuracy.text
+    assert latency.passed and latency.text == (
+        "latency / champion median ratio 1.300 [1.200, 1.400] (95%), upper bound below 1.500, against champion "
+        "version 1 (measured in this run on the same items)"
+    )
+
+
+def test_the_gates_summary_names_each_configured_gate():
+    assert gates_summary(Gates(min_accuracy=0.5, min_tokens_per_second=2.5, max_latency_regression=0.25)) == (
+        "min_accuracy 0.50, min_tokens_per_second 2.5, max_accuracy_regression 0.05 (paired lower bound), "
+        "max_latency_regression 0.25 (paired upper bound)"
+    )
+    assert gates_summary(Gates(max_accuracy_regression=None)) == "min_accuracy 0.00, min_tokens_per_second 0"
+
+
+def test_prefer_onnx_also_needs_items_enough_for_its_margin():
+    tiny = load_config(PROJECT_DIR / "configs" / "tiny.yaml")
+
+    def with_selection(rule: str) -> list[str]:
+        selection = SelectionRule(rule=rule, onnx_accuracy_margin=0.05)
+        registry = tiny.registry.model_copy(
+            update={"selection": selection, "gates": Gates(max_accuracy_regression=None)}
+        )
+        return margin_problems(tiny.model_copy(update={"registry": registry}), 24)
+
+    [problem] = with_selection("prefer_onnx")
+    assert problem.startswith("registry.selection.onnx_accuracy_margin 0.05 needs at least 231 eval items")
+    assert with_selection("best_accuracy") == []
+
+
+def test_every_unresolvable_margin_is_named_in_one_refusal():
+    tiny = load_config(PROJECT_DIR / "configs" / "tiny.yaml")
+    registry = tiny.registry.model_copy(
+        update={"selection": SelectionRule(rule="prefer_onnx", onnx_accuracy_margin=0.1), "gates": Gates()}
+    )
+    with pytest.raises(ConfigError) as refused:
+        check_margins_resolvable(tiny.model_copy(update={"registry": registry}), 24)
+    assert (
+        "the eval items are 24: add items or widen the margin; registry.selection.onnx_accuracy_margin 0.1 needs"
+        in (str(refused.value))
     )
