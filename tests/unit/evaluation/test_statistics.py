@@ -93,3 +93,26 @@ def test_items_needed_for_a_margin():
 def test_unpaired_inputs_are_refused():
     with pytest.raises(ValueError, match="same non-empty items"):
         paired_accuracy([True], [True, False])
+
+
+def test_defaults_and_confidence_are_those_documented():
+    candidate = [True] * 30 + [False] * 10 + [True] * 200 + [False] * 160
+    baseline = [False] * 30 + [True] * 10 + [True] * 200 + [False] * 160
+    default = paired_accuracy(candidate, baseline)
+    assert default == paired_accuracy(candidate, baseline, confidence=0.95, resamples=2000, seed=0)
+    assert default.difference.confidence == 0.95
+    assert paired_accuracy(candidate, baseline, confidence=0.8).difference.confidence == 0.8
+    latencies = [0.1 * (i % 7 + 1) for i in range(40)]
+    slower = [value * (1 + (i % 3) / 4) for i, value in enumerate(latencies)]
+    ratio = paired_latency_ratio(slower, latencies)
+    assert ratio == paired_latency_ratio(slower, latencies, confidence=0.95, resamples=2000, seed=0)
+    assert paired_latency_ratio(slower, latencies, confidence=0.8).confidence == 0.8
+    wilson = proportion_interval([True] * 8 + [False] * 2, confidence=0.8)
+    assert (wilson.estimate, wilson.confidence) == (0.8, 0.8)
+
+
+def test_empty_or_unpaired_latencies_and_no_items_are_refused():
+    with pytest.raises(ValueError, match=r"paired latencies need the same non-empty items: 1 and 2"):
+        paired_latency_ratio([0.1], [0.1, 0.2])
+    with pytest.raises(ValueError, match="accuracy of no items"):
+        proportion_interval([])
