@@ -102,3 +102,25 @@ def test_a_package_whose_name_only_starts_like_the_project_is_not_followed(proje
     write(project, f"{PACKAGE}/rel.py", "import slmflowextra\nimport os.path\nX = 'slmflowextra'\n")
     write(project, "slmflowextra.py", "Z = 1\n")
     assert relative(import_closure([project / PACKAGE / "rel.py"], project), project) == {f"{PACKAGE}/rel.py"}
+
+
+def test_only_a_package_brings_its_data_folder(project):
+    """The data of a package imported for its `__init__` alone counts; a `data/` beside a plain script does not."""
+    write(project, f"{PACKAGE}/tables/__init__.py", "NAMES = 'names.csv'\n")
+    write(project, f"{PACKAGE}/tables/data/names.csv", "name\n")
+    write(project, "steps/data/notes.txt", "not code\n")
+    write(project, "steps/reader.py", "from slmflow import tables\n")
+    assert relative(import_closure([project / "steps" / "reader.py"], project), project) == {
+        "steps/reader.py",
+        f"{PACKAGE}/__init__.py",
+        f"{PACKAGE}/tables/__init__.py",
+        f"{PACKAGE}/tables/data/names.csv",
+    }
+
+
+def test_a_file_that_does_not_parse_is_named(project):
+    broken = write(project, f"{PACKAGE}/broken.py", "def f(:\n")
+    write(project, "steps/uses_broken.py", "import slmflow.broken\n")
+    with pytest.raises(SyntaxError) as refused:
+        import_closure([project / "steps" / "uses_broken.py"], project)
+    assert refused.value.filename == str(broken.resolve())

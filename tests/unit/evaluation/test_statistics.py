@@ -43,11 +43,22 @@ def test_the_seeded_bootstrap_is_reproducible_and_agrees_with_the_normal_interva
     assert (first.candidate_only, first.baseline_only, first.items) == (30, 10, 400)
     # Normal theory for a paired difference: sqrt((b + c)/n - d^2) / sqrt(n).
     half = 1.959964 * math.sqrt((40 / 400 - 0.05**2) / 400)
-    assert first.difference.low == pytest.approx(0.05 - half, abs=0.006)
-    assert first.difference.high == pytest.approx(0.05 + half, abs=0.006)
+    assert first.difference.low == pytest.approx(0.05 - half, abs=0.0025)  # a 90% interval would be 0.005 off
+    assert first.difference.high == pytest.approx(0.05 + half, abs=0.0025)
     assert first.p_value == pytest.approx(mcnemar_exact_p(30, 10))
     narrower = paired_accuracy(candidate, baseline, confidence=0.8, resamples=4000, seed=3)
     assert first.difference.low < narrower.difference.low < narrower.difference.high < first.difference.high
+    half_80 = 1.281552 * math.sqrt((40 / 400 - 0.05**2) / 400)  # two-sided: the 10% and 90% quantiles
+    assert narrower.difference.low == pytest.approx(0.05 - half_80, abs=0.0025)
+    assert narrower.difference.high == pytest.approx(0.05 + half_80, abs=0.0025)
+
+
+def test_the_bootstrap_honours_its_seed_and_its_resamples():
+    candidate = [True] * 30 + [False] * 10 + [True] * 200 + [False] * 160
+    baseline = [False] * 30 + [True] * 10 + [True] * 200 + [False] * 160
+    seeded = paired_accuracy(candidate, baseline, resamples=4000, seed=3).difference
+    assert paired_accuracy(candidate, baseline, resamples=4000, seed=4).difference != seeded
+    assert paired_accuracy(candidate, baseline, resamples=20, seed=3).difference != seeded
 
 
 def test_a_degraded_model_has_an_interval_far_below_zero():
@@ -62,6 +73,9 @@ def test_latency_ratio_is_the_median_of_per_item_ratios():
     assert (ratio.estimate, ratio.low, ratio.high) == pytest.approx((2.0, 2.0, 2.0))
     noisy = paired_latency_ratio([b * (1.5 if i % 2 else 1.0) for i, b in enumerate(baseline)], baseline)
     assert 1.0 <= noisy.low <= noisy.estimate <= noisy.high <= 1.5
+    # One slow item in five: the median ratio ignores it (a mean would read 2.8).
+    skewed = paired_latency_ratio([1.0, 1.0, 1.0, 1.0, 10.0] * 10, [1.0] * 50)
+    assert (skewed.estimate, skewed.low, skewed.high) == (1.0, 1.0, 1.0)
 
 
 def test_proportion_interval_is_wilsons():
@@ -79,3 +93,26 @@ def test_items_needed_for_a_margin():
 def test_unpaired_inputs_are_refused():
     with pytest.raises(ValueError, match="same non-empty items"):
         paired_accuracy([True], [True, False])
+
+
+def test_defaults_and_confidence_are_those_documented():
+    candidate = [True] * 30 + [False] * 10 + [True] * 200 + [False] * 160
+    baseline = [False] * 30 + [True] * 10 + [True] * 200 + [False] * 160
+    default = paired_accuracy(candidate, baseline)
+    assert default == paired_accuracy(candidate, baseline, confidence=0.95, resamples=2000, seed=0)
+    assert default.difference.confidence == 0.95
+    assert paired_accuracy(candidate, baseline, confidence=0.8).difference.confidence == 0.8
+    latencies = [0.1 * (i % 7 + 1) for i in range(40)]
+    slower = [value * (1 + (i % 3) / 4) for i, value in enumerate(latencies)]
+    ratio = paired_latency_ratio(slower, latencies)
+    assert ratio == paired_latency_ratio(slower, latencies, confidence=0.95, resamples=2000, seed=0)
+    assert paired_latency_ratio(slower, latencies, confidence=0.8).confidence == 0.8
+    wilson = proportion_interval([True] * 8 + [False] * 2, confidence=0.8)
+    assert (wilson.estimate, wilson.confidence) == (0.8, 0.8)
+
+
+def test_empty_or_unpaired_latencies_and_no_items_are_refused():
+    with pytest.raises(ValueError, match=r"paired latencies need the same non-empty items: 1 and 2"):
+        paired_latency_ratio([0.1], [0.1, 0.2])
+    with pytest.raises(ValueError, match="accuracy of no items"):
+        proportion_interval([])

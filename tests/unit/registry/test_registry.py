@@ -220,6 +220,57 @@ def test_a_concurrent_registration_of_the_same_identity_keeps_the_first_version(
     assert client.get_model_version_by_alias("reg-test", "champion").version == first.version.version
 
 
+def _register_at_the_barrier(tracking_uri: str, model_uri: str, barriers, results) -> None:
+    """A registering process (as a `register` step is) whose version write waits for the other process's."""
+    mlflow.set_tracking_uri(tracking_uri)
+    before_write, after_write = barriers
+    real = mlflow.register_model
+
+    def register_together(*args, **kwargs):
+        before_write.wait()  # both have looked for the identity and found nothing: no version of it exists yet
+        version = real(*args, **kwargs)
+        after_write.wait()  # both versions exist before either checks which one came first
+        return version
+
+    mlflow.register_model = register_together
+    try:
+        result = registrar().register(Candidate("onnx-chat", model_uri, GOOD), identity("r2"), {}, "d")
+        results.put((str(result.version.version), result.created, result.promoted))
+    except Exception as error:  # reported to the test, which fails on it
+        results.put(repr(error))
+
+
+def test_two_processes_registering_the_same_identity_at_the_same_moment_keep_one_version(logged_uri, tracking_store):
+    """Two runs of one identity, both past the look-up, write their versions together: one version stays,
+    it is the champion, the champion before it is previous-champion, and both runs name that version."""
+    import multiprocessing
+
+    first = registrar().register(Candidate("onnx-chat", logged_uri, GOOD), identity("r1"), {}, "d")
+    spawn = multiprocessing.get_context("spawn")
+    barriers = (spawn.Barrier(2, timeout=120), spawn.Barrier(2, timeout=120))
+    results = spawn.Queue()
+    processes = [
+        spawn.Process(target=_register_at_the_barrier, args=(tracking_store, logged_uri, barriers, results))
+        for _ in range(2)
+    ]
+    for process in processes:
+        process.start()
+    outcomes = [results.get(timeout=300) for _ in processes]
+    for process in processes:
+        process.join(timeout=60)
+    assert [process.exitcode for process in processes] == [0, 0]
+    assert all(isinstance(outcome, tuple) for outcome in outcomes), outcomes
+    outcomes.sort()
+    client = MlflowClient()
+    [kept] = [v for v in client.search_model_versions("name = 'reg-test'") if v.tags["source_revision"] == "r2"]
+    # The earlier version stays and is promoted; the later run withdraws its own and names the kept one.
+    assert outcomes == [(str(kept.version), False, False), (str(kept.version), True, True)], outcomes
+    assert int(kept.version) == int(first.version.version) + 1
+    assert len(client.search_model_versions("name = 'reg-test'")) == 2
+    assert aliases(client) == {"champion": str(kept.version), "previous-champion": str(first.version.version)}
+    assert kept.tags["decision"] == "promoted to champion" and kept.tags["aliases_set"] == "true"
+
+
 class FailingRegistry(MlflowClient):
     """A registry that answers with a server error, as a tracking server under trouble does."""
 

@@ -175,3 +175,183 @@ def test_the_gates_summary_names_the_base_gate_only_when_required():
     assert gates_summary(Gates(), require_improvement_over_base=True).endswith(
         "improvement over the base (paired lower bound above 0)"
     )
+
+
+# Boundaries: each threshold exactly met. Values are exact in binary, so `<` against `<=` is what decides.
+
+
+def test_a_candidate_exactly_at_min_accuracy_and_min_tokens_per_second_passes():
+    at = Candidate("onnx-chat", "models:/m-x", {"accuracy": 0.75, "tokens_per_second": 500.0})
+    results = gate_results(at, Gates(min_accuracy=0.75, min_tokens_per_second=500), None)
+    assert [(r.name, r.passed, r.text) for r in results] == [
+        ("min_accuracy", True, "accuracy 0.750 >= min_accuracy 0.750"),
+        ("min_tokens_per_second", True, "tokens_per_second 500.0 >= min_tokens_per_second 500.0"),
+    ]
+
+
+def test_a_latency_upper_bound_exactly_at_one_plus_the_margin_fails():
+    onnx = candidates()["onnx-chat"]
+
+    def latency_gate(high: float) -> bool:
+        ratio = {**PAIRED, "onnx-chat_vs_champion/latency_ratio_ci_high": high}
+        gates = Gates(max_accuracy_regression=None, max_latency_regression=0.5)
+        [result] = [r for r in gate_results(onnx, gates, evidence(onnx, ratio)) if r.name == "max_latency_regression"]
+        return result.passed
+
+    assert latency_gate(1.4375) and not latency_gate(1.5)  # the ceiling is 1 + 0.5, never 0.5
+
+
+def fallback_gates(candidate_metrics, recorded, **gates):
+    candidate = Candidate("onnx-chat", "models:/m-onnx", {**GOOD, **candidate_metrics})
+    fallback = champion_evidence("1", "models:/m-champion", recorded, candidate, {}, {}, None, None, 0.95)
+    assert fallback.accuracy is None and fallback.latency_ratio is None
+    return {r.name: r for r in gate_results(candidate, Gates(**gates), fallback)}
+
+
+def test_recorded_metrics_fallback_boundaries():
+    """Without a paired measurement: accuracy - recorded must lie above -margin, latency below recorded x (1 + m)."""
+    regression = {"max_accuracy_regression": 0.25, "max_latency_regression": None}
+    on_floor = fallback_gates({"accuracy": 0.5}, {"accuracy": 0.75}, **regression)["max_accuracy_regression"]
+    assert not on_floor.passed and on_floor.text.startswith(
+        "accuracy 0.500 - champion's recorded 0.750 = -0.250, not above -0.250, against champion version 1 "
+        "(not measured in this run (version 1 was not measured in this run); compared with its recorded metrics)"
+    )
+    assert fallback_gates({"accuracy": 0.5625}, {"accuracy": 0.75}, **regression)["max_accuracy_regression"].passed
+    latency = {"max_accuracy_regression": None, "max_latency_regression": 0.5}
+    recorded = {"accuracy": 0.9, "latency_p50_s": 0.25}  # the ceiling: 0.25 x 1.5 = 0.375
+    assert fallback_gates({"latency_p50_s": 0.3125}, recorded, **latency)["max_latency_regression"].passed
+    on_ceiling = fallback_gates({"latency_p50_s": 0.375}, recorded, **latency)["max_latency_regression"]
+    assert not on_ceiling.passed and on_ceiling.text.startswith(
+        "latency_p50_s 0.3750 against the champion's recorded 0.2500 x 1.500"
+    )
+    # A champion that recorded no latency cannot be slower than: the gate passes, saying nan.
+    unrecorded = fallback_gates({"latency_p50_s": 9.0}, {"accuracy": 0.9}, **latency)["max_latency_regression"]
+    assert unrecorded.passed and "recorded nan x 1.500" in unrecorded.text
+
+
+def test_a_tie_goes_to_the_faster_candidate_whichever_comes_first():
+    def tied(first: str, first_speed: float, second: str, second_speed: float) -> dict[str, Candidate]:
+        return {
+            name: Candidate(name, f"models:/{name}", {**GOOD, "tokens_per_second": speed})
+            for name, speed in ((first, first_speed), (second, second_speed))
+        }
+
+    slower_first = tied("transformers-chat", 50.0, "onnx-chat", 300.0)
+    assert choose_candidate(slower_first, SelectionRule(), None).flavor == "onnx-chat"
+    assert choose_candidate(tied("onnx-chat", 50.0, "transformers-chat", 300.0), SelectionRule(), None).flavor == (
+        "transformers-chat"
+    )
+
+
+def test_prefer_onnx_without_a_paired_interval_falls_back_to_the_best_accuracy():
+    """No onnx - transformers interval (one flavor evaluated on other items): nothing shows ONNX non-inferior."""
+    assert choose_candidate(candidates(0.9, 0.95), RULE, None).flavor == "transformers-chat"
+    assert explain_choice(candidates(0.9, 0.95), RULE, None).startswith(
+        "transformers-chat chosen by rule prefer_onnx: highest accuracy, ties broken by tokens/s ("
+    )
+
+
+def test_every_branch_of_the_explanation_names_the_rule_and_the_gap():
+    assert explain_choice(candidates(0.80, 0.95), RULE, gap(-0.15, -0.2, -0.1)) == (
+        "transformers-chat chosen by rule prefer_onnx: the ONNX model is not shown non-inferior (onnx - transformers "
+        "accuracy -0.150 [-0.200, -0.100] (95%) reaches -0.05); highest accuracy, ties broken by tokens/s "
+        "(onnx-chat: accuracy 0.800, 300.0 tokens/s; transformers-chat: accuracy 0.950, 50.0 tokens/s)."
+    )
+    assert explain_choice(candidates(0.80, 0.95), SelectionRule(), gap(-0.15, -0.2, -0.1)) == (
+        "transformers-chat chosen by rule best_accuracy: highest accuracy, ties broken by tokens/s; onnx - "
+        "transformers accuracy -0.150 [-0.200, -0.100] (95%) (onnx-chat: accuracy 0.800, 300.0 tokens/s; "
+        "transformers-chat: accuracy 0.950, 50.0 tokens/s)."
+    )
+
+
+def test_the_champion_itself_is_an_exact_zero_difference_and_an_exact_ratio_of_one():
+    onnx = candidates()["onnx-chat"]
+    itself = evidence(onnx, {}, measured=None, champion_uri="models:/m-onnx")
+    assert (itself.version, itself.accuracy, itself.latency_ratio) == (
+        "1",
+        Interval(0.0, 0.0, 0.0, 0.95),
+        Interval(1.0, 1.0, 1.0, 0.95),
+    )
+    passed = gate_results(onnx, Gates(max_accuracy_regression=0.05, max_latency_regression=0.25), itself)
+    assert [r.text for r in passed[2:]] == [
+        "accuracy - champion +0.000 [+0.000, +0.000] (95%), lower bound above -0.050, against champion version 1 "
+        "(is this very model)",
+        "latency / champion median ratio 1.000 [1.000, 1.000] (95%), upper bound below 1.250, against champion "
+        "version 1 (is this very model)",
+    ]
+
+
+def test_the_other_flavor_as_champion_turns_the_whole_pair_and_needs_both_intervals():
+    transformers = candidates()["transformers-chat"]
+    turned = evidence(transformers, PAIRED, measured=None, champion_uri="models:/m-onnx")
+    assert turned.version == "1"
+    assert turned.accuracy == Interval(0.05, 0.01, 0.08, 0.95)
+    assert turned.latency_ratio == Interval(2.0, 1.6, 2.5, 0.95)
+    onnx = candidates()["onnx-chat"]  # the ONNX candidate against a transformers champion: the pair as logged
+    straight = evidence(onnx, PAIRED, measured=None, champion_uri="models:/m-tf")
+    assert (straight.accuracy, straight.latency_ratio) == (
+        Interval(-0.05, -0.08, -0.01, 0.95),
+        Interval(0.5, 0.4, 0.625, 0.95),
+    )
+    accuracy_only = {k: v for k, v in PAIRED.items() if k.startswith("onnx_vs_transformers/accuracy")}
+    half = evidence(transformers, accuracy_only, measured=None, champion_uri="models:/m-onnx")
+    assert half.accuracy is None and half.how.startswith("not measured in this run")
+
+
+def test_a_champion_that_recorded_no_metrics_is_compared_with_zero_accuracy_and_no_latency():
+    gates = {"max_accuracy_regression": 0.25, "max_latency_regression": 0.5}
+    results = fallback_gates({"accuracy": 0.5, "latency_p50_s": 0.1}, {}, **gates)
+    assert results["max_accuracy_regression"].passed
+    assert results["max_accuracy_regression"].text.startswith(
+        "accuracy 0.500 - champion's recorded 0.000 = +0.500, above -0.250"
+    )
+    assert results["max_latency_regression"].passed
+    recorded_latency_only = fallback_gates({"accuracy": 0.5, "latency_p50_s": 0.1}, {"latency_p50_s": 1.0}, **gates)
+    assert "champion's recorded 0.000 = +0.500, above" in recorded_latency_only["max_accuracy_regression"].text
+
+
+def test_paired_verdicts_name_a_pass_too():
+    onnx = candidates()["onnx-chat"]
+    gates = Gates(max_accuracy_regression=0.05, max_latency_regression=0.5)
+    [accuracy, latency] = gate_results(onnx, gates, evidence(onnx, PAIRED))[2:]
+    assert accuracy.passed and "lower bound above -0.050, against champion version 1" in accuracy.text
+    assert latency.passed and latency.text == (
+        "latency / champion median ratio 1.300 [1.200, 1.400] (95%), upper bound below 1.500, against champion "
+        "version 1 (measured in this run on the same items)"
+    )
+
+
+def test_the_gates_summary_names_each_configured_gate():
+    assert gates_summary(Gates(min_accuracy=0.5, min_tokens_per_second=2.5, max_latency_regression=0.25)) == (
+        "min_accuracy 0.50, min_tokens_per_second 2.5, max_accuracy_regression 0.05 (paired lower bound), "
+        "max_latency_regression 0.25 (paired upper bound)"
+    )
+    assert gates_summary(Gates(max_accuracy_regression=None)) == "min_accuracy 0.00, min_tokens_per_second 0"
+
+
+def test_prefer_onnx_also_needs_items_enough_for_its_margin():
+    tiny = load_config(PROJECT_DIR / "configs" / "tiny.yaml")
+
+    def with_selection(rule: str) -> list[str]:
+        selection = SelectionRule(rule=rule, onnx_accuracy_margin=0.05)
+        registry = tiny.registry.model_copy(
+            update={"selection": selection, "gates": Gates(max_accuracy_regression=None)}
+        )
+        return margin_problems(tiny.model_copy(update={"registry": registry}), 24)
+
+    [problem] = with_selection("prefer_onnx")
+    assert problem.startswith("registry.selection.onnx_accuracy_margin 0.05 needs at least 231 eval items")
+    assert with_selection("best_accuracy") == []
+
+
+def test_every_unresolvable_margin_is_named_in_one_refusal():
+    tiny = load_config(PROJECT_DIR / "configs" / "tiny.yaml")
+    registry = tiny.registry.model_copy(
+        update={"selection": SelectionRule(rule="prefer_onnx", onnx_accuracy_margin=0.1), "gates": Gates()}
+    )
+    with pytest.raises(ConfigError) as refused:
+        check_margins_resolvable(tiny.model_copy(update={"registry": registry}), 24)
+    assert (
+        "the eval items are 24: add items or widen the margin; registry.selection.onnx_accuracy_margin 0.1 needs"
+        in (str(refused.value))
+    )
