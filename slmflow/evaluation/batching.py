@@ -56,8 +56,9 @@ def transformers_batch(
     generated = output[:, inputs["input_ids"].shape[1] :].tolist()
     prompt_lengths = inputs["attention_mask"].sum(dim=1).tolist()
     stops = _eos_ids(pipeline.model.generation_config)
+    limit = int(kwargs.get("max_new_tokens") or pipeline.model.generation_config.max_new_tokens or 2**31)
     return [
-        _completion(tokenizer, tokens, stops, int(prompt_tokens), model_name)
+        _completion(tokenizer, tokens, stops, int(prompt_tokens), limit, model_name)
         for tokens, prompt_tokens in zip(generated, prompt_lengths, strict=True)
     ]
 
@@ -69,9 +70,12 @@ def _eos_ids(generation_config: Any) -> set[int]:
     return {int(eos)} if isinstance(eos, int) else {int(token) for token in eos}
 
 
-def _completion(tokenizer: Any, tokens: list[int], stops: set[int], prompt_tokens: int, model_name: str) -> dict:
-    """One row's answer: its tokens up to and including the first end-of-sequence token (the rest is padding)."""
+def _completion(
+    tokenizer: Any, tokens: list[int], stops: set[int], prompt_tokens: int, budget: int, model_name: str
+) -> dict:
+    """One row's answer: its tokens up to and including the first end-of-sequence token (the rest is padding).
+    finish_reason as MLflow's flavor reports it: "length" when the answer used its whole budget."""
     end = next((index for index, token in enumerate(tokens) if token in stops), None)
     kept = tokens if end is None else tokens[: end + 1]
     text = tokenizer.decode(kept, skip_special_tokens=True, clean_up_tokenization_spaces=True).lstrip()
-    return chat_completion(text, "length" if end is None else "stop", prompt_tokens, len(kept), model_name)
+    return chat_completion(text, "length" if len(kept) >= budget else "stop", prompt_tokens, len(kept), model_name)

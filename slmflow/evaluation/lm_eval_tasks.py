@@ -109,7 +109,11 @@ def served(model_uri: str, log_path: Path, timeout: float = 300.0) -> Iterator[s
         port = probe.getsockname()[1]
     command = [sys.executable, "-m", "slmflow.serve", "--model-uri", model_uri, "--port", str(port)]
     with log_path.open("w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        # The server imports this package from wherever this process does, whatever its working directory.
+        package_root = str(Path(__file__).resolve().parents[2])
+        path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
+        env = {**os.environ, "PYTHONPATH": path}
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         try:
             deadline = time.monotonic() + timeout
             while not _ready(f"http://127.0.0.1:{port}/ready"):
