@@ -193,6 +193,12 @@ class EvaluationConfig(_Section):
     # Each eval request's max_tokens (null: the model's own max_new_tokens): short-answer suites need few
     # tokens, and a model that rambles to its limit costs the most on the slow flavor.
     max_new_tokens: int | None = Field(None, ge=1)
+    # Items answered together in the accuracy pass (one left-padded generate() for transformers-chat, one
+    # multi-row predict for onnx-chat); latency is still timed one request at a time, on a sample. 1: no batching.
+    batch_size: int = Field(16, ge=1, le=32)
+    # An lm-evaluation-harness task YAML (generate_until, local data; relative to the config) run through
+    # lm-eval's local-chat-completions client against each model served by `python -m slmflow.serve`.
+    lm_eval_task: Path | None = None
 
     @model_validator(mode="after")
     def _one_source_of_items(self) -> EvaluationConfig:
@@ -341,6 +347,8 @@ class PipelineConfig(_Section):
         data = getattr(self, section).model_dump(mode="json")
         if section == "evaluation" and self.evaluation.eval_set is not None:
             data["eval_set"] = "sha256:" + eval_set_digest(self.evaluation.eval_set)
+        if section == "evaluation" and self.evaluation.lm_eval_task is not None:
+            data["lm_eval_task"] = "sha256:" + sha256_file(self.evaluation.lm_eval_task)
         if section == "source" and self.source.kind == "local":
             data["model"] = LOCAL_PREFIX
         if section == "training" and self.training is not None:
@@ -404,8 +412,16 @@ def _describe(error: ValidationError) -> str:
 
 def _resolve_paths(config: PipelineConfig, base: Path) -> PipelineConfig:
     update: dict = {}
+    evaluation: dict = {}
     if config.evaluation.eval_set is not None:
-        update["evaluation"] = config.evaluation.model_copy(update={"eval_set": base / config.evaluation.eval_set})
+        evaluation["eval_set"] = base / config.evaluation.eval_set
+    if config.evaluation.lm_eval_task is not None:
+        task = base / config.evaluation.lm_eval_task
+        if not task.is_file():
+            raise ConfigError(f"evaluation.lm_eval_task: file not found: {task}")
+        evaluation["lm_eval_task"] = task
+    if evaluation:
+        update["evaluation"] = config.evaluation.model_copy(update=evaluation)
     if config.training is not None and isinstance(config.training.dataset, Path):
         update["training"] = config.training.model_copy(update={"dataset": base / config.training.dataset})
     source: dict = {}

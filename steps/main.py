@@ -7,6 +7,7 @@ import mlflow
 from slmflow import tags
 from slmflow.errors import ConfigError, StepFailedError
 from slmflow.evaluation.dataset import load_examples
+from slmflow.evaluation.lm_eval_tasks import load_task
 from slmflow.pipeline.contract import STEPS
 from slmflow.pipeline.runner import run_pipeline
 from slmflow.pipeline.step import run_step
@@ -19,6 +20,8 @@ def main(args, config, settings) -> None:
         raise ConfigError(f"use_cache: '{args.use_cache}' is neither 'true' nor 'false'")
     # Before any model is built: a margin the eval items cannot resolve would make every decision noise.
     check_margins_resolvable(config, len(load_examples(config.evaluation)))
+    if config.evaluation.lm_eval_task is not None:
+        load_task(config.evaluation.lm_eval_task)  # a task lm-eval cannot run is refused before any model is built
     run = mlflow.active_run()
     client = mlflow.MlflowClient()
     title = pipeline_run_name(args.config)

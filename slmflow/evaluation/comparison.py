@@ -36,9 +36,13 @@ def paired_metrics(candidate: ModelReport, baseline: ModelReport, evaluation: Ev
         "seed": evaluation.seed,
     }
     accuracy = paired_accuracy([r.correct for r in candidate.results], [r.correct for r in baseline.results], **options)
-    latency = paired_latency_ratio(
-        [r.latency_s for r in candidate.results], [r.latency_s for r in baseline.results], **options
-    )
+    # Latency is per request: only the items both models answered alone (all, or the same latency sample).
+    timed = [
+        (c.latency_s, b.latency_s)
+        for c, b in zip(candidate.results, baseline.results, strict=True)
+        if c.latency_s is not None and b.latency_s is not None
+    ]
+    latency = paired_latency_ratio([c for c, _ in timed], [b for _, b in timed], **options)
     return {
         **interval_metrics("accuracy", accuracy.difference),
         "mcnemar_p": accuracy.p_value,
@@ -56,12 +60,8 @@ def comparison_metrics(
 ) -> dict[str, float]:
     """Every paired comparison the gates read, under `delta/<pair>/...`; `bases` holds the base model (before
     fine-tuning) by the candidate flavor it was measured in: each candidate is compared with its own flavor's."""
-    pairs: dict[str, tuple[ModelReport, ModelReport]] = {}
-    onnx, transformers = candidates.get(tags.ONNX_MODEL_NAME), candidates.get(tags.TRANSFORMERS_MODEL_NAME)
-    if onnx is not None and transformers is not None:
-        pairs[tags.ONNX_VS_TRANSFORMERS] = (onnx, transformers)
-    if champion is not None:
-        pairs.update({tags.versus_champion(name): (report, champion) for name, report in candidates.items()})
+    models = dict(candidates) | ({} if champion is None else {tags.CHAMPION_MODEL_NAME: champion})
+    pairs = {pair: (models[candidate], models[baseline]) for pair, (candidate, baseline) in model_pairs(models).items()}
     for name, base in (bases or {}).items():
         if name in candidates:
             pairs[tags.versus_base(name)] = (candidates[name], base)
@@ -70,3 +70,37 @@ def comparison_metrics(
         for pair, (candidate, baseline) in pairs.items()
         for key, value in paired_metrics(candidate, baseline, evaluation).items()
     }
+
+
+def model_pairs(models: Mapping[str, object]) -> dict[str, tuple[str, str]]:
+    """The compared pairs among these model names: onnx against transformers, every candidate against the
+    champion (when there is one): pair name -> (candidate, baseline)."""
+    pairs: dict[str, tuple[str, str]] = {}
+    if tags.ONNX_MODEL_NAME in models and tags.TRANSFORMERS_MODEL_NAME in models:
+        pairs[tags.ONNX_VS_TRANSFORMERS] = (tags.ONNX_MODEL_NAME, tags.TRANSFORMERS_MODEL_NAME)
+    if tags.CHAMPION_MODEL_NAME in models:
+        others = [name for name in models if name != tags.CHAMPION_MODEL_NAME]
+        pairs.update({tags.versus_champion(name): (name, tags.CHAMPION_MODEL_NAME) for name in others})
+    return pairs
+
+
+def lm_eval_metrics(scores: Mapping[str, Sequence[bool]], evaluation: EvaluationConfig) -> dict[str, float]:
+    """An lm-eval task's per-item scores through the same statistics: `<model>/lm_eval/accuracy` with its
+    interval, and `delta/<pair>/lm_eval/accuracy` with its paired interval and McNemar p-value."""
+    options = {
+        "confidence": evaluation.confidence,
+        "resamples": evaluation.bootstrap_resamples,
+        "seed": evaluation.seed,
+    }
+    metrics = {}
+    for name, correct in scores.items():
+        interval = proportion_interval(list(correct), evaluation.confidence)
+        for key, value in interval_metrics("accuracy", interval).items():
+            metrics[f"{name}/lm_eval/{key}"] = value
+        metrics[f"{name}/lm_eval/items"] = float(len(correct))
+    for pair, (candidate, baseline) in model_pairs(scores).items():
+        paired = paired_accuracy(list(scores[candidate]), list(scores[baseline]), **options)
+        prefix = f"{tags.DELTA_PREFIX}{pair}/lm_eval/"
+        metrics.update({prefix + key: value for key, value in interval_metrics("accuracy", paired.difference).items()})
+        metrics[prefix + "mcnemar_p"] = paired.p_value
+    return metrics

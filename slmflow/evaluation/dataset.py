@@ -115,5 +115,11 @@ def eval_dataset(examples: list[EvalExample], evaluation: EvaluationConfig) -> A
             "skill": [e.skill for e in examples],
         }
     )
-    source = str(evaluation.eval_set) if evaluation.eval_set else f"slmflow:suite@{examples_digest(examples)[:12]}"
+    if evaluation.eval_set is not None:
+        return mlflow.data.from_pandas(frame, source=str(evaluation.eval_set), name=eval_set_name(evaluation))
+    # A suite is built by project code: MLflow resolves no "slmflow:suite@..." string as a source (it raised
+    # "Could not find a source information resolver"), so it is a code source tagged with the suite's digest.
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+
+    source = CodeDatasetSource(tags={"slmflow.suite": f"suite@{examples_digest(examples)[:12]}"})
     return mlflow.data.from_pandas(frame, source=source, name=eval_set_name(evaluation))

@@ -39,7 +39,7 @@ def percentile(values: Sequence[float], fraction: float) -> float:
 @dataclass
 class ExampleResult:
     answer: str
-    latency_s: float
+    latency_s: float | None  # one request's latency; None for an item answered only in a batch
     completion_tokens: int
     correct: bool
     exact: bool
@@ -55,18 +55,28 @@ class ModelReport:
     size_mb: float
     results: list[ExampleResult]
     ttft_s: list[float] = field(default_factory=list)
+    answer_seconds: float = 0.0  # the accuracy pass over every item
+    batch_size: int = 1
+    batch_mismatches: int = 0  # timed items whose one-by-one answer differs from the batched one
 
     def metrics(self) -> dict[str, float]:
-        latencies = [r.latency_s for r in self.results]
+        timed = [r for r in self.results if r.latency_s is not None]
+        latencies = [r.latency_s for r in timed if r.latency_s is not None]
         tokens = sum(r.completion_tokens for r in self.results)
+        timed_tokens = sum(r.completion_tokens for r in timed)
         metrics = {
             "accuracy": statistics.fmean(r.correct for r in self.results),
             "exact_match": statistics.fmean(r.exact for r in self.results),
             "rouge_l": statistics.fmean(r.rouge_l for r in self.results),
             "latency_p50_s": percentile(latencies, 0.5),
             "latency_p95_s": percentile(latencies, 0.95),
-            "tokens_per_second": tokens / sum(latencies) if sum(latencies) else 0.0,
+            # one request's decoding rate, from the items timed one at a time
+            "tokens_per_second": timed_tokens / sum(latencies) if sum(latencies) else 0.0,
             "completion_tokens": float(tokens),
+            "answer_seconds": self.answer_seconds,
+            "eval_tokens_per_second": tokens / self.answer_seconds if self.answer_seconds else 0.0,
+            "eval_batch_size": float(self.batch_size),
+            "batch_mismatches": float(self.batch_mismatches),
             "load_seconds": self.load_seconds,
             "peak_rss_mb": self.peak_rss_mb,
             "size_mb": self.size_mb,
@@ -83,7 +93,7 @@ def completion_tokens(prediction: Any) -> int:
     return 0
 
 
-def score_example(example: EvalExample, prediction: Any, latency_s: float) -> ExampleResult:
+def score_example(example: EvalExample, prediction: Any, latency_s: float | None) -> ExampleResult:
     text = answer_text(prediction)
     return ExampleResult(
         answer=text,

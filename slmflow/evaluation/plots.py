@@ -30,7 +30,8 @@ def off_screen_figure(path: Path, size: tuple[float, float]) -> Iterator[Any]:
 
 def plot_latency(reports: Sequence[ModelReport], path: Path) -> None:
     with off_screen_figure(path, (7, 4)) as axis:
-        axis.boxplot([[r.latency_s * 1000 for r in report.results] for report in reports], showmeans=True)
+        timed = [[r.latency_s * 1000 for r in report.results if r.latency_s is not None] for report in reports]
+        axis.boxplot(timed, showmeans=True)
         axis.set_xticks(range(1, len(reports) + 1), [report.name for report in reports])
         axis.set_ylabel("latency per request (ms, lower is better)")
         axis.set_title("Latency distribution per model")

@@ -46,7 +46,9 @@ def example_table(examples: Sequence[EvalExample], reports: Sequence[ModelReport
     for report in reports:
         table[f"{report.name}/answer"] = [r.answer for r in report.results]
         table[f"{report.name}/correct"] = [r.correct for r in report.results]
-        table[f"{report.name}/latency_s"] = [round(r.latency_s, 4) for r in report.results]
+        table[f"{report.name}/latency_s"] = [
+            None if r.latency_s is None else round(r.latency_s, 4) for r in report.results
+        ]
     return table
 
 

@@ -50,3 +50,12 @@ def test_logged_models_take_their_pins_from_requirements():
     for requirement in pinned_requirements(*ONNX_REQUIREMENTS, *TRANSFORMERS_REQUIREMENTS):
         assert requirement in pins
     assert not any("torchvision" in r for r in pinned_requirements(*TRANSFORMERS_REQUIREMENTS))
+
+
+def test_lm_eval_and_what_its_chat_client_needs_are_pinned_and_installed():
+    from importlib import metadata
+
+    pins = requirement_lines(PROJECT_DIR / "requirements.txt")
+    for name, version in (("lm-eval", "0.4.13"), ("tenacity", "9.2.1"), ("aiohttp", "3.14.5")):
+        assert f"{name}=={version}" in pins
+        assert metadata.version(name) == version

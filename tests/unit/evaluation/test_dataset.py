@@ -74,3 +74,14 @@ def test_the_mlflow_dataset_is_named_after_the_file_and_changes_with_the_example
     assert len(dataset.df) == len(examples)
     assert eval_dataset(examples[:3], evaluation).digest != dataset.digest
     assert examples_digest(examples[:3]) != examples_digest(examples)
+
+
+def test_a_built_suite_is_an_mlflow_dataset_with_its_digest_in_the_source():
+    from slmflow.config import EvaluationConfig
+    from slmflow.evaluation.dataset import eval_dataset, examples_digest, load_examples
+
+    evaluation = EvaluationConfig(suite={"skills": {"capitals": 5, "arithmetic": 5}, "seed": 0})
+    examples = load_examples(evaluation)
+    dataset = eval_dataset(examples, evaluation)
+    assert dataset.name == "suite-capitals-arithmetic" and len(dataset.df) == 10
+    assert dataset.source.to_dict()["tags"]["slmflow.suite"] == f"suite@{examples_digest(examples)[:12]}"

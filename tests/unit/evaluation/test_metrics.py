@@ -109,6 +109,10 @@ def test_every_report_metric_from_its_results():
         "latency_p95_s": pytest.approx(1.45),
         "tokens_per_second": pytest.approx(15 / 3.0),
         "completion_tokens": 15.0,
+        "answer_seconds": 0.0,
+        "eval_tokens_per_second": 0.0,
+        "eval_batch_size": 1.0,
+        "batch_mismatches": 0.0,
         "load_seconds": 2.0,
         "peak_rss_mb": 300.0,
         "size_mb": 40.0,
@@ -147,3 +151,17 @@ def test_a_wrong_answer_scores_zero():
         "The capital of Peru is Colima.",
     )
     assert 0 < scored.rouge_l < 1
+
+
+def test_batched_items_without_a_latency_are_left_out_of_latency_and_decoding_rate():
+    results = [
+        ExampleResult("a", 0.5, 4, True, True, 1.0),
+        ExampleResult("b", None, 8, True, True, 1.0),
+        ExampleResult("c", 1.5, 6, False, False, 0.0),
+    ]
+    report = ModelReport("m", "u", 1.0, 1.0, 1.0, results, answer_seconds=3.0, batch_size=2, batch_mismatches=1)
+    metrics = report.metrics()
+    assert metrics["latency_p50_s"] == pytest.approx(1.0)
+    assert metrics["tokens_per_second"] == pytest.approx(10 / 2.0)  # the timed items only
+    assert metrics["eval_tokens_per_second"] == pytest.approx(18 / 3.0)  # every item, over the batched pass
+    assert (metrics["eval_batch_size"], metrics["batch_mismatches"]) == (2.0, 1.0)

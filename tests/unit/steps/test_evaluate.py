@@ -5,6 +5,7 @@ import argparse
 import pytest
 
 import steps.evaluate as step
+from slmflow.config import EvaluationConfig
 
 
 @pytest.mark.parametrize("with_base", [True, False])
@@ -12,7 +13,7 @@ def test_the_base_is_measured_in_each_flavor_beside_the_candidates(monkeypatch, 
     measured, logged = [], {}
     monkeypatch.setattr(step, "load_examples", lambda evaluation: ["item"])
     monkeypatch.setattr(
-        step, "evaluate_model", lambda name, uri, examples, tokens: measured.append((name, uri)) or name
+        step, "evaluate_model", lambda name, uri, examples, tokens, batch: measured.append((name, uri)) or name
     )
 
     def log_reports(examples, reports, evaluation, champion, bases):
@@ -27,7 +28,7 @@ def test_the_base_is_measured_in_each_flavor_beside_the_candidates(monkeypatch, 
         champion_model_uri="none",
         **(base if with_base else dict.fromkeys(base, "none")),
     )
-    config = argparse.Namespace(evaluation=argparse.Namespace(max_new_tokens=None))
+    config = argparse.Namespace(evaluation=EvaluationConfig(eval_set="eval.jsonl"))
     step.evaluate(args, config, None)
     expected = [("onnx-chat", "models:/m-1"), ("transformers-chat", "models:/m-2")]
     if with_base:
