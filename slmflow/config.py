@@ -11,7 +11,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypedDict
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -238,6 +238,13 @@ class LoraOptions(_Section):
     target_modules: tuple[str, ...] | None = Field(None, min_length=1)
 
 
+class TrainerBudget(TypedDict, total=False):
+    """How long the Trainer trains, as its own argument names: one of the two."""
+
+    max_steps: int
+    num_train_epochs: float
+
+
 class TrainingConfig(_Section):
     """Fine-tune the fetched checkpoint before it is built, logged, evaluated and registered."""
 
@@ -269,7 +276,7 @@ class TrainingConfig(_Section):
         return self
 
     @property
-    def budget(self) -> dict[str, float]:
+    def budget(self) -> TrainerBudget:
         """The Trainer's arguments for how long to train: max_steps when given, else epochs (1 by default)."""
         if self.max_steps is not None:
             return {"max_steps": self.max_steps}

@@ -30,14 +30,20 @@ def model_metrics(report: ModelReport, examples: Sequence[EvalExample], confiden
 def paired_metrics(candidate: ModelReport, baseline: ModelReport, evaluation: EvaluationConfig) -> dict[str, float]:
     """candidate - baseline on the same items: accuracy difference with its interval and McNemar p-value,
     and the median per-item latency ratio with its interval (names without the `delta/<pair>/` prefix)."""
-    options = {
-        "confidence": evaluation.confidence,
-        "resamples": evaluation.bootstrap_resamples,
-        "seed": evaluation.seed,
-    }
-    accuracy = paired_accuracy([r.correct for r in candidate.results], [r.correct for r in baseline.results], **options)
+    confidence, resamples, seed = evaluation.confidence, evaluation.bootstrap_resamples, evaluation.seed
+    accuracy = paired_accuracy(
+        [r.correct for r in candidate.results],
+        [r.correct for r in baseline.results],
+        confidence=confidence,
+        resamples=resamples,
+        seed=seed,
+    )
     latency = paired_latency_ratio(
-        [r.latency_s for r in candidate.results], [r.latency_s for r in baseline.results], **options
+        [r.latency_s for r in candidate.results],
+        [r.latency_s for r in baseline.results],
+        confidence=confidence,
+        resamples=resamples,
+        seed=seed,
     )
     return {
         **interval_metrics("accuracy", accuracy.difference),

@@ -103,7 +103,7 @@ class StepRunner:
         if finished is not None:
             result = StepResult(finished, cached=True)
         else:
-            values = {name: getattr(value, "value", value) for name, value in parameters.items()}
+            values = {name: value.value if isinstance(value, Handoff) else value for name, value in parameters.items()}
             result = StepResult(self._launch(entry_point, values, key), cached=False)
         self._record(entry_point, result)
         return result
@@ -171,7 +171,7 @@ def run_pipeline(config: PipelineConfig, config_arg: str, use_cache: bool, setti
     """fetch_model -> [finetune] -> log_onnx_wrapper / log_transformers_pipeline -> evaluate -> register."""
     if config.training is not None:
         # Every run, cached or not, before any step: a bad row or an eval question in the training set stops it.
-        check_training_set(config.training.dataset, config.evaluation.eval_set)
+        check_training_set(config.training.dataset, config.evaluation)
     runner = StepRunner(config, use_cache)
     # Resolved before any cache lookup: a followed hub branch counts by the commit it points at now.
     revision = resolve_revision(config.source, settings)
@@ -213,5 +213,5 @@ def run_pipeline(config: PipelineConfig, config_arg: str, use_cache: bool, setti
         "registered_model": registered.output("registered_model").value,
         "registered_version": registered.output("registered_version").value,
     }
-    set_outputs(STEPS["main"], **summary)
+    set_outputs(STEPS["main"], None, **summary)
     return summary

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from slmflow.chat.request import ROLES, parse_messages, quote
+from slmflow.config import EvaluationConfig
 from slmflow.errors import BadRequestError, TrainingDataError
 
 Message = dict[str, str]
@@ -50,23 +51,25 @@ def load_training_set(path: Path) -> list[TrainingRow]:
     return parse_training_set(path.read_text(), path.name)
 
 
-def check_training_set(dataset: Path, eval_set: Path) -> list[TrainingRow]:
-    """The rows, refused when malformed or when one asks an eval question (every eval row counts)."""
-    from slmflow.evaluation.dataset import load_eval_set
+def check_training_set(dataset: Path, evaluation: EvaluationConfig) -> list[TrainingRow]:
+    """The rows, refused when malformed or when one asks an eval question (every eval item counts, whatever
+    the split part or max_examples: an item another part measures must not be trained on either)."""
+    from slmflow.evaluation.dataset import all_examples, eval_set_name
 
     rows = load_training_set(dataset)
-    examples = load_eval_set(eval_set)
-    check_leakage(rows, eval_questions(example.messages for example in examples), eval_set.name)
+    examples = all_examples(evaluation)
+    eval_name = evaluation.eval_set.name if evaluation.eval_set is not None else eval_set_name(evaluation)
+    check_leakage(rows, eval_questions(example.messages for example in examples), eval_name)
     return rows
 
 
 def training_dataset(rows: Sequence[TrainingRow], path: Path, digest: str) -> Any:
     """The rows as an MLflow dataset named after the file, known by the file's content digest."""
-    import mlflow
     import pandas as pd
+    from mlflow.data.pandas_dataset import from_pandas
 
     frame = pd.DataFrame({"messages": [json.dumps(row.messages) for row in rows]})
-    return mlflow.data.from_pandas(frame, source=str(path), name=path.stem, digest=digest[:16])
+    return from_pandas(frame, source=str(path), name=path.stem, digest=digest[:16])
 
 
 def _parse_row(line: str, where: str) -> TrainingRow:
