@@ -2,11 +2,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-import yaml
 
 from slmflow.code import module_digest
 from slmflow.config import PipelineConfig
-from slmflow.pipeline.contract import STEPS, mlproject
+from slmflow.pipeline.contract import STEPS, mlproject_text
 from slmflow.pipeline.runner import Handoff, StepResult, cache_key
 from slmflow.registry.lineage import FLAVOR_MODULES
 from testkit.processes import PROJECT_DIR
@@ -26,9 +25,12 @@ def config(tmp_path: Path, eval_text: str = '{"question": "q", "answer": "a"}\n'
     return PipelineConfig.model_validate(data)
 
 
-def test_mlproject_is_what_the_contracts_declare():
-    """Regenerate with: python -m slmflow.pipeline.contract > MLproject"""
-    assert yaml.safe_load((PROJECT_DIR / "MLproject").read_text()) == mlproject()
+@pytest.mark.parametrize(
+    ("path", "kubernetes"), [("MLproject", False), ("deploy/kubernetes/MLproject", True)], ids=["root", "kubernetes"]
+)
+def test_mlproject_is_what_the_contracts_declare(path, kubernetes):
+    """Regenerate with: python -m slmflow.pipeline.contract [--kubernetes] > PATH"""
+    assert (PROJECT_DIR / path).read_text() == mlproject_text(kubernetes)
 
 
 def test_every_step_reads_known_config_sections_and_has_a_module():
