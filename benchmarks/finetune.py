@@ -91,7 +91,7 @@ def main(argv: list[str]) -> None:
         return
     import mlflow
 
-    from slmflow.config import load_config
+    from slmflow.config import EvaluationConfig, load_config
     from slmflow.evaluation.dataset import load_eval_set
     from slmflow.evaluation.metrics import contains_answer, exact_match
     from slmflow.training.dataset import check_training_set
@@ -101,7 +101,8 @@ def main(argv: list[str]) -> None:
     training = load_config(CONFIG).training
     if argv[1:2] == ["--max-steps"]:
         training = training.model_copy(update={"max_steps": int(argv[2]), "epochs": None})
-    rows = check_training_set(training.dataset, EVAL_FILE)  # the leakage guard: no eval question trained on
+    # The leakage guard: no eval question trained on.
+    rows = check_training_set(training.dataset, EvaluationConfig(eval_set=EVAL_FILE))
     examples = load_eval_set(EVAL_FILE)
     questions = [list(example.messages) for example in examples]
     with tempfile.TemporaryDirectory() as folder:

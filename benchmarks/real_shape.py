@@ -39,7 +39,14 @@ from benchmarks.measure import (
 from benchmarks.report import write_report
 from slmflow.config import BuilderOptions, GenerationConfig, RuntimeConfig, Settings
 from slmflow.evaluation.runner import peak_rss_mb
-from slmflow.fetch.builtin import builtin_spec, ensure_builtin_spec, filler_text, spec_fingerprint, with_layers
+from slmflow.fetch.builtin import (
+    BuiltinSpec,
+    builtin_spec,
+    ensure_builtin_spec,
+    filler_text,
+    spec_fingerprint,
+    with_layers,
+)
 from slmflow.fetch.onnx_build import build_onnx
 
 SPEC = builtin_spec("bench-phi3-mini-shape")
@@ -194,41 +201,97 @@ def interleave(runs: dict, repeats: int, samples: dict[str, list]) -> None:
 
 
 def measure_layers(layers: int, args: argparse.Namespace, cache: Path, store: Path) -> dict:
+    """Every runtime on the model with `layers` decoder layers: decode, time to first token, cold start and,
+    with args.sweep, the builder and runtime settings."""
     import mlflow
 
-    from slmflow.flavors.onnx_chat import log_onnx_chat_model
+    onnx_dirs, ggufs = build_models(with_layers(SPEC, layers), args.sweep, cache)
+    onnx_dir = onnx_dirs[DEFAULT_SETTING]
+    model_uri = log_onnx_chat(onnx_dir, args, store)
+    pyfunc = mlflow.pyfunc.load_model(model_uri)
+    tokenizer = pyfunc.unwrap_python_model().engine.tokenizer
 
-    spec = with_layers(SPEC, layers)
+    short = short_chats()
+    long = {length: prompt_messages(tokenizer, length) for length in PROMPT_LENGTHS}
+    context = max(PROMPT_LENGTHS) + args.new_tokens + 8
+    llamas = {kind: load_llama(path, args.threads, context) for kind, path in ggufs.items()}
+    samples, bandwidth = measure_decode(pyfunc, llamas, short, args)
+    ttft = measure_ttft(pyfunc, llamas, long, args.ttft_repeats)
+    for llm in llamas.values():  # free llama.cpp's memory before the sweep
+        llm.close()
+    del llamas
+
+    short_text = prompt_text(tokenizer, short[0])
+    sweep = measure_sweep(onnx_dirs, tokenizer, short_text, long[512], args) if args.sweep else None
+    cold = measure_cold(model_uri, ggufs, long[512], prompt_ids(tokenizer, long[512]), context, args)
+    decode = {key: median([decode_tokens_per_second(r) for r in samples[key]]) for key in ("onnx_stream", *QUANTS)}
+    bound_bytes = streamed_weight_bytes(onnx_dir)
+    return {
+        "layers": layers,
+        "threads": args.threads,
+        "new_tokens": args.new_tokens,
+        "repeats": args.repeats,
+        "prompt_tokens": {
+            "short": len(prompt_ids(tokenizer, short[0])),
+            **{str(length): len(prompt_ids(tokenizer, messages)) for length, messages in long.items()},
+        },
+        "weights_mb": weights_mb(onnx_dir, bound_bytes, ggufs),
+        "decode_seconds_per_token": {key: 1 / rate for key, rate in decode.items()},
+        "seconds_per_token": {
+            key: median([r["seconds"] / r["tokens"] for r in samples[key]])
+            for key in ("onnx_plain", "onnx_pyfunc", "onnx_plain_batch", "onnx_pyfunc_batch")
+        },
+        "ttft_seconds": {length: {k: median(v) for k, v in found.items()} for length, found in ttft.items()},
+        "ratios": paired_ratios(samples, ttft),
+        "memory_bandwidth": memory_bandwidth(decode["onnx_stream"], bound_bytes, bandwidth),
+        "cold": cold,
+        "sweep": sweep,
+    }
+
+
+def build_models(spec: BuiltinSpec, sweep: bool, cache: Path) -> tuple[dict[str, Path], dict[str, Path]]:
+    """The checkpoint's ONNX builds (the default setting, or every setting for the sweep) and its GGUF files."""
     name = f"{spec.name}-{spec_fingerprint(spec)}"
     started = time.perf_counter()
     checkpoint = ensure_builtin_spec(spec, cache)
     onnx_dirs = {
         setting: build_onnx(checkpoint, cache / "onnx" / f"{name}-{setting}", options)
         for setting, options in BUILDER_SETTINGS.items()
-        if setting == DEFAULT_SETTING or args.sweep
+        if setting == DEFAULT_SETTING or sweep
     }
     ggufs = {kind: ensure_gguf(checkpoint, name, kind, cache) for kind in QUANTS}
     print(f"{spec.name}: built in {time.perf_counter() - started:.0f} s", flush=True)
+    return onnx_dirs, ggufs
 
-    threads, new_tokens = args.threads, args.new_tokens
-    onnx_dir = onnx_dirs[DEFAULT_SETTING]
+
+def log_onnx_chat(onnx_dir: Path, args: argparse.Namespace, store: Path) -> str:
+    """The ONNX build logged as the onnx-chat model, as the pipeline logs it, into a throwaway store."""
+    import mlflow
+
+    from slmflow.flavors.onnx_chat import log_onnx_chat_model
+
     mlflow.set_tracking_uri(f"sqlite:///{store / 'mlflow.db'}")
     with mlflow.start_run():
-        model_uri = log_onnx_chat_model(
-            onnx_dir, GenerationConfig(max_new_tokens=new_tokens), RuntimeConfig(intra_op_num_threads=threads)
+        return log_onnx_chat_model(
+            onnx_dir, GenerationConfig(max_new_tokens=args.new_tokens), RuntimeConfig(intra_op_num_threads=args.threads)
         )
-    pyfunc = mlflow.pyfunc.load_model(model_uri)
-    engine = pyfunc.unwrap_python_model().engine
-    model, tokenizer = engine.model, engine.tokenizer
 
+
+def short_chats() -> list[list[dict[str, str]]]:
+    """BATCH different short user turns; the first is the one-request prompt."""
     words = " ".join(filler_text(SHORT_PROMPT_WORDS * BATCH, seed=2)).split()
-    short = [user(words[i * SHORT_PROMPT_WORDS : (i + 1) * SHORT_PROMPT_WORDS]) for i in range(BATCH)]
-    long = {length: prompt_messages(tokenizer, length) for length in PROMPT_LENGTHS}
-    context = max(PROMPT_LENGTHS) + new_tokens + 8
-    llamas = {kind: load_llama(path, threads, context) for kind, path in ggufs.items()}
+    return [user(words[i * SHORT_PROMPT_WORDS : (i + 1) * SHORT_PROMPT_WORDS]) for i in range(BATCH)]
 
+
+def measure_decode(
+    pyfunc, llamas: dict[str, llamacpp.LlamaRunner], short: list[list[dict[str, str]]], args: argparse.Namespace
+) -> tuple[dict[str, list], list[float]]:
+    """Decode runs on the short prompts (plain loop, pyfunc, stream, batches, llama.cpp), each warmed once, then
+    alternated args.repeats times; with the memory read bandwidth measured before and after."""
+    engine = pyfunc.unwrap_python_model().engine
+    model, tokenizer, new_tokens = engine.model, engine.tokenizer, args.new_tokens
     short_ids, short_text = prompt_ids(tokenizer, short[0]), prompt_text(tokenizer, short[0])
-    decode_runs = {
+    runs = {
         "onnx_plain": partial(plain_loop, model, tokenizer, [short_text], new_tokens),
         "onnx_pyfunc": partial(pyfunc_single, pyfunc, short[0], new_tokens),
         "onnx_stream": partial(pyfunc_stream, pyfunc, short[0], new_tokens),
@@ -238,80 +301,86 @@ def measure_layers(layers: int, args: argparse.Namespace, cache: Path, store: Pa
         "onnx_pyfunc_batch": partial(pyfunc_batch, pyfunc, short, new_tokens),
         **{kind: partial(llama_generate, llm, short_ids, new_tokens) for kind, llm in llamas.items()},
     }
-    for run in decode_runs.values():  # warm every path once
+    for run in runs.values():  # warm every path once
         run()
     bandwidth = [read_bandwidth_gb_s()]
     samples: dict[str, list] = {}
-    interleave(decode_runs, args.repeats, samples)
+    interleave(runs, args.repeats, samples)
     bandwidth.append(read_bandwidth_gb_s())
+    return samples, bandwidth
 
+
+def measure_ttft(
+    pyfunc, llamas: dict[str, llamacpp.LlamaRunner], long: dict[int, list[dict[str, str]]], repeats: int
+) -> dict[str, dict[str, list[float]]]:
+    """Time to first token of the pyfunc and of llama.cpp on each long prompt, alternated, by prompt length."""
+    tokenizer = pyfunc.unwrap_python_model().engine.tokenizer
     ttft: dict[str, dict[str, list[float]]] = {}
-    prompt_tokens = {}
     for length, messages in long.items():
         ids = prompt_ids(tokenizer, messages)
-        prompt_tokens[length] = len(ids)
         runs = {
             "onnx_pyfunc": partial(pyfunc_ttft, pyfunc, messages, 8),
             **{kind: partial(first_token_seconds, llama_generate, llm, ids) for kind, llm in llamas.items()},
         }
         found: dict[str, list] = {}
-        interleave(runs, args.ttft_repeats, found)
+        interleave(runs, repeats, found)
         ttft[str(length)] = found
-    for llm in llamas.values():  # free llama.cpp's memory before the sweep
-        llm.close()
-    del llamas, decode_runs, runs
+    return ttft
 
-    sweep = measure_sweep(onnx_dirs, tokenizer, short_text, long[512], args) if args.sweep else None
-    pyfunc_cold = run_in_fresh_process(_pyfunc_cold, model_uri, long[512], new_tokens)
-    llama_cold = {
-        kind: run_in_fresh_process(
-            _llama_cold, str(path), prompt_ids(tokenizer, long[512]), new_tokens, threads, context
-        )
-        for kind, path in ggufs.items()
+
+def measure_cold(
+    model_uri: str,
+    ggufs: dict[str, Path],
+    messages: list[dict[str, str]],
+    ids: list[int],
+    context: int,
+    args: argparse.Namespace,
+) -> dict[str, dict[str, float]]:
+    """Load time and peak RSS of each runtime answering one prompt, each in a fresh process."""
+    return {
+        "onnx_pyfunc": run_in_fresh_process(_pyfunc_cold, model_uri, messages, args.new_tokens),
+        **{
+            kind: run_in_fresh_process(_llama_cold, str(path), ids, args.new_tokens, args.threads, context)
+            for kind, path in ggufs.items()
+        },
     }
-    decode = {key: median([decode_tokens_per_second(r) for r in samples[key]]) for key in ("onnx_stream", *QUANTS)}
-    bound_bytes = streamed_weight_bytes(onnx_dir)
+
+
+def weights_mb(onnx_dir: Path, bound_bytes: int, ggufs: dict[str, Path]) -> dict[str, float]:
+    return {
+        "onnx_int4": weight_bytes(onnx_dir) / 2**20,
+        "onnx_streamed_per_token": bound_bytes / 2**20,
+        **{kind: path.stat().st_size / 2**20 for kind, path in ggufs.items()},
+    }
+
+
+def paired_ratios(samples: dict[str, list], ttft: dict[str, dict[str, list[float]]]) -> dict[str, float]:
+    """Each comparison as the median of back-to-back pairs: onnx vs llama.cpp decode, pyfunc overhead, ttft."""
+    return {
+        **{
+            f"onnx decode / llama.cpp {kind}": paired_value_ratio(
+                [decode_tokens_per_second(r) for r in samples["onnx_stream"]],
+                [decode_tokens_per_second(r) for r in samples[kind]],
+            )
+            for kind in QUANTS
+        },
+        "pyfunc / plain": paired_ratio(samples["onnx_pyfunc"], samples["onnx_plain"]),
+        "pyfunc batch / plain batch": paired_ratio(samples["onnx_pyfunc_batch"], samples["onnx_plain_batch"]),
+        **{
+            f"ttft {length} llama.cpp {kind} / onnx": paired_value_ratio(found[kind], found["onnx_pyfunc"])
+            for length, found in ttft.items()
+            for kind in QUANTS
+        },
+    }
+
+
+def memory_bandwidth(decode_rate: float, bound_bytes: int, bandwidth: list[float]) -> dict[str, float]:
+    """How close the decode rate (tokens/s) comes to the rate at which the machine streams the weights a token reads."""
     read_gb_s = median(bandwidth)
     return {
-        "layers": layers,
-        "threads": threads,
-        "new_tokens": new_tokens,
-        "repeats": args.repeats,
-        "prompt_tokens": {"short": len(short_ids), **{str(k): v for k, v in prompt_tokens.items()}},
-        "weights_mb": {
-            "onnx_int4": weight_bytes(onnx_dir) / 2**20,
-            "onnx_streamed_per_token": bound_bytes / 2**20,
-            **{kind: path.stat().st_size / 2**20 for kind, path in ggufs.items()},
-        },
-        "decode_seconds_per_token": {key: 1 / rate for key, rate in decode.items()},
-        "seconds_per_token": {
-            key: median([r["seconds"] / r["tokens"] for r in samples[key]])
-            for key in ("onnx_plain", "onnx_pyfunc", "onnx_plain_batch", "onnx_pyfunc_batch")
-        },
-        "ttft_seconds": {length: {k: median(v) for k, v in found.items()} for length, found in ttft.items()},
-        "ratios": {
-            **{
-                f"onnx decode / llama.cpp {kind}": paired_value_ratio(
-                    [decode_tokens_per_second(r) for r in samples["onnx_stream"]],
-                    [decode_tokens_per_second(r) for r in samples[kind]],
-                )
-                for kind in QUANTS
-            },
-            "pyfunc / plain": paired_ratio(samples["onnx_pyfunc"], samples["onnx_plain"]),
-            "pyfunc batch / plain batch": paired_ratio(samples["onnx_pyfunc_batch"], samples["onnx_plain_batch"]),
-            **{
-                f"ttft {length} llama.cpp {kind} / onnx": paired_value_ratio(found[kind], found["onnx_pyfunc"])
-                for length, found in ttft.items()
-                for kind in QUANTS
-            },
-        },
-        "memory_bandwidth": {
-            "read_gb_s": read_gb_s,
-            "bound_tokens_per_second": read_gb_s * 1e9 / bound_bytes,
-            "fraction_of_bound": decode["onnx_stream"] * bound_bytes / (read_gb_s * 1e9),
-        },
-        "cold": {"onnx_pyfunc": pyfunc_cold, **llama_cold},
-        "sweep": sweep,
+        "read_gb_s": read_gb_s,
+        "bound_tokens_per_second": read_gb_s * 1e9 / bound_bytes,
+        "fraction_of_bound": decode_rate * bound_bytes / (read_gb_s * 1e9),
     }
 
 

@@ -46,9 +46,13 @@ def _named_modules(tree: ast.AST) -> set[str]:
     return {name for name in names if name == PACKAGE or name.startswith(PACKAGE + ".")}
 
 
-def import_closure(files: Iterable[Path], project_dir: Path = PROJECT_DIR) -> list[Path]:
-    """The given files and every project file they run, sorted: modules, package `__init__`s, package data."""
-    seen: set[Path] = set()
+def import_closure(files: Iterable[Path], project_dir: Path = PROJECT_DIR, excluded: Iterable[str] = ()) -> list[Path]:
+    """The given files and every project file they run, sorted: modules, package `__init__`s, package data.
+
+    `excluded` modules (and what only they import) are left out: code run only when the config asks for it.
+    """
+    seen: set[Path] = {found for module in excluded if (found := module_file(module, project_dir)) is not None}
+    skipped = set(seen)
     pending = [Path(f).resolve() for f in files]
     while pending:
         path = pending.pop()
@@ -68,14 +72,14 @@ def import_closure(files: Iterable[Path], project_dir: Path = PROJECT_DIR) -> li
         for data_file in (path.parent / "data").rglob("*")
         if data_file.is_file()
     }
-    return sorted(seen | data)
+    return sorted((seen - skipped) | data)
 
 
-def code_digest(files: Iterable[Path], project_dir: Path = PROJECT_DIR) -> str:
-    """One digest of what `files` run (their import closure) and the pins, by relative path and content."""
+def code_digest(files: Iterable[Path], project_dir: Path = PROJECT_DIR, excluded: Iterable[str] = ()) -> str:
+    """One digest of what `files` run (their import closure, less `excluded` modules) and the pins."""
     project_dir = project_dir.resolve()
     digest = hashlib.sha256()
-    closure = import_closure(files, project_dir)
+    closure = import_closure(files, project_dir, excluded)
     for path in [*closure, *(project_dir / name for name in ENVIRONMENT_FILES)]:
         digest.update(path.relative_to(project_dir).as_posix().encode())
         digest.update(path.read_bytes())

@@ -11,7 +11,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypedDict
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -259,6 +259,13 @@ class SuiteSplitDataset(_Section):
     max_rows: int | None = Field(None, gt=0, description="the first rows only (a CPU budget); null: all of them")
 
 
+class TrainerBudget(TypedDict, total=False):
+    """How long the Trainer trains, as its own argument names: one of the two."""
+
+    max_steps: int
+    num_train_epochs: float
+
+
 class TrainingConfig(_Section):
     """Fine-tune the fetched checkpoint before it is built, logged, evaluated and registered."""
 
@@ -300,7 +307,7 @@ class TrainingConfig(_Section):
         return merge
 
     @property
-    def budget(self) -> dict[str, float]:
+    def budget(self) -> TrainerBudget:
         """The Trainer's arguments for how long to train: max_steps when given, else epochs (1 by default)."""
         if self.max_steps is not None:
             return {"max_steps": self.max_steps}
@@ -339,6 +346,12 @@ class PipelineConfig(_Section):
     def config_hash(self) -> str:
         """An absent optional section counts as nothing: adding the `training` key changed no existing hash."""
         return self.section_hash(*(name for name in type(self).model_fields if getattr(self, name) is not None))
+
+    def field_is_set(self, dotted: str) -> bool:
+        """Whether a section, or a dotted field of one, is present and not null."""
+        section, _, field = dotted.partition(".")
+        value = getattr(self, section)
+        return value is not None and (not field or getattr(value, field) is not None)
 
     def _portable(self, dotted: str):
         section, _, field = dotted.partition(".")

@@ -9,7 +9,8 @@ import mlflow
 from slmflow import tags
 from slmflow.evaluation.comparison import lm_eval_metrics
 from slmflow.evaluation.dataset import load_examples
-from slmflow.evaluation.lm_eval_tasks import load_task, score_models
+from slmflow.evaluation.lm_eval_runs import score_models
+from slmflow.evaluation.lm_eval_tasks import load_task
 from slmflow.evaluation.reporting import log_reports
 from slmflow.evaluation.runner import evaluate_model, expected_plan
 from slmflow.pipeline.contract import STEPS

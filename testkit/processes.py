@@ -9,9 +9,12 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -79,3 +82,33 @@ def launched_server(command: list[str], ready_url: str, log_path: Path, timeout:
             with contextlib.suppress(ProcessLookupError):  # whatever the group still holds
                 os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+def kill_job_when(
+    command: list[str], cwd: Path, ready: Callable[[], T | None], what: str, timeout: float = 900, **env: str
+) -> T:
+    """Start `command` (output discarded) in its own process group, poll `ready()` until it gives something, then
+    kill the whole group at once, as when the job's machine goes away, and return what `ready` gave.
+
+    Fails when the job ends before it is ready or `what` does not happen within `timeout` seconds."""
+    job = subprocess.Popen(
+        command,
+        cwd=cwd,
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own group: the kill takes the job and every process it started
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        while (found := ready()) is None:
+            if job.poll() is not None:
+                raise AssertionError(f"the job ended (exit code {job.returncode}) before {what}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{what} did not happen within {timeout:.0f} s")
+            time.sleep(1)
+        return found
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(job.pid, signal.SIGKILL)
+        job.wait(timeout=60)

@@ -103,10 +103,18 @@ def _same_number(value: float, expected: float, tolerance: float) -> bool:
 def reads_correct(prediction: str, key: AnswerKey, question: str = "") -> bool:
     """Whether the prediction asserts the expected answer and no rival; what the question says is not counted."""
     if key.kind == "number":
-        accepted = [float(a) for a in (key.answer, *key.aliases) if _NUMBER.fullmatch(a)]
-        restated = set(asserted_numbers(question)) - set(accepted)
-        claims = [n for n in asserted_numbers(prediction) if n not in restated]
-        return bool(claims) and all(any(_same_number(n, a, key.tolerance) for a in accepted) for n in claims)
+        return _asserts_number(prediction, key, question)
+    return _asserts_entity(prediction, key, question)
+
+
+def _asserts_number(prediction: str, key: AnswerKey, question: str) -> bool:
+    accepted = [float(a) for a in (key.answer, *key.aliases) if _NUMBER.fullmatch(a)]
+    restated = set(asserted_numbers(question)) - set(accepted)
+    claims = [n for n in asserted_numbers(prediction) if n not in restated]
+    return bool(claims) and all(any(_same_number(n, a, key.tolerance) for a in accepted) for n in claims)
+
+
+def _asserts_entity(prediction: str, key: AnswerKey, question: str) -> bool:
     accepted = {key.answer, *key.aliases}
     in_question = asserted_entities(question, key.rivals) if question else set()
     rivals = [r for r in key.rivals if r not in in_question and normalize(r) not in map(normalize, accepted)]

@@ -4,6 +4,7 @@ skill, and the paired differences (candidate - champion, onnx - transformers). P
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TypedDict
 
 from slmflow import tags
 from slmflow.config import EvaluationConfig
@@ -27,14 +28,21 @@ def model_metrics(report: ModelReport, examples: Sequence[EvalExample], confiden
     return metrics
 
 
+class BootstrapOptions(TypedDict):
+    confidence: float
+    resamples: int
+    seed: int
+
+
+def bootstrap_options(evaluation: EvaluationConfig) -> BootstrapOptions:
+    """The paired statistics' settings from the evaluation section, the same for every pair."""
+    return {"confidence": evaluation.confidence, "resamples": evaluation.bootstrap_resamples, "seed": evaluation.seed}
+
+
 def paired_metrics(candidate: ModelReport, baseline: ModelReport, evaluation: EvaluationConfig) -> dict[str, float]:
     """candidate - baseline on the same items: accuracy difference with its interval and McNemar p-value,
     and the median per-item latency ratio with its interval (names without the `delta/<pair>/` prefix)."""
-    options = {
-        "confidence": evaluation.confidence,
-        "resamples": evaluation.bootstrap_resamples,
-        "seed": evaluation.seed,
-    }
+    options = bootstrap_options(evaluation)
     accuracy = paired_accuracy([r.correct for r in candidate.results], [r.correct for r in baseline.results], **options)
     # Latency is per request: only the items both models answered alone (all, or the same latency sample).
     timed = [
@@ -87,11 +95,7 @@ def model_pairs(models: Mapping[str, object]) -> dict[str, tuple[str, str]]:
 def lm_eval_metrics(scores: Mapping[str, Sequence[bool]], evaluation: EvaluationConfig) -> dict[str, float]:
     """An lm-eval task's per-item scores through the same statistics: `<model>/lm_eval/accuracy` with its
     interval, and `delta/<pair>/lm_eval/accuracy` with its paired interval and McNemar p-value."""
-    options = {
-        "confidence": evaluation.confidence,
-        "resamples": evaluation.bootstrap_resamples,
-        "seed": evaluation.seed,
-    }
+    options = bootstrap_options(evaluation)
     metrics = {}
     for name, correct in scores.items():
         interval = proportion_interval(list(correct), evaluation.confidence)

@@ -70,14 +70,19 @@ def split_part(examples: Sequence[EvalExample], split: SplitConfig) -> list[Eval
     return [example for index, example in enumerate(ordered) if index % split.parts == split.part]
 
 
-def load_examples(evaluation: EvaluationConfig) -> list[EvalExample]:
-    """The configured items: the eval set or the built suite, then the split part, then max_examples."""
+def all_examples(evaluation: EvaluationConfig) -> list[EvalExample]:
+    """Every item of the eval set or the built suite, before the split part and max_examples."""
     if evaluation.suite is not None:
         from slmflow.evaluation.suites import build_suite
 
-        examples = build_suite(evaluation.suite)
-    else:
-        examples = load_eval_set(evaluation.eval_set)
+        return build_suite(evaluation.suite)
+    assert evaluation.eval_set is not None  # EvaluationConfig requires eval_set or suite
+    return load_eval_set(evaluation.eval_set)
+
+
+def load_examples(evaluation: EvaluationConfig) -> list[EvalExample]:
+    """The configured items: the eval set or the built suite, then the split part, then max_examples."""
+    examples = all_examples(evaluation)
     questions = [e.question for e in examples]
     if len(set(questions)) != len(questions):
         raise ConfigError("evaluation: the eval items repeat a question; each item must be asked once")
@@ -99,13 +104,14 @@ def eval_set_name(evaluation: EvaluationConfig) -> str:
     """What the UI calls the eval items: the file's name, or `suite-<skills>`."""
     if evaluation.suite is not None:
         return "suite-" + "-".join(evaluation.suite.skills)
+    assert evaluation.eval_set is not None  # EvaluationConfig requires eval_set or suite
     return evaluation.eval_set.stem
 
 
 def eval_dataset(examples: list[EvalExample], evaluation: EvaluationConfig) -> Any:
     """The examples as an MLflow dataset named after the eval set, so runs and model metrics point at it."""
-    import mlflow
     import pandas as pd
+    from mlflow.data.pandas_dataset import from_pandas
 
     frame = pd.DataFrame(
         {
@@ -116,10 +122,10 @@ def eval_dataset(examples: list[EvalExample], evaluation: EvaluationConfig) -> A
         }
     )
     if evaluation.eval_set is not None:
-        return mlflow.data.from_pandas(frame, source=str(evaluation.eval_set), name=eval_set_name(evaluation))
+        return from_pandas(frame, source=str(evaluation.eval_set), name=eval_set_name(evaluation))
     # A suite is built by project code: MLflow resolves no "slmflow:suite@..." string as a source (it raised
     # "Could not find a source information resolver"), so it is a code source tagged with the suite's digest.
     from mlflow.data.code_dataset_source import CodeDatasetSource
 
     source = CodeDatasetSource(tags={"slmflow.suite": f"suite@{examples_digest(examples)[:12]}"})
-    return mlflow.data.from_pandas(frame, source=source, name=eval_set_name(evaluation))
+    return from_pandas(frame, source=source, name=eval_set_name(evaluation))

@@ -16,6 +16,7 @@ from slmflow.evaluation.answers import reads_correct
 from slmflow.evaluation.comparison import comparison_metrics, model_metrics
 from slmflow.evaluation.dataset import EvalExample, eval_dataset, examples_digest
 from slmflow.evaluation.metrics import ModelReport, agreement_rate, exact_match, rouge_l
+from slmflow.evaluation.model_uris import logged_model_id
 from slmflow.evaluation.plots import write_plots
 
 PLOTS_DIR = "eval/plots"
@@ -28,13 +29,6 @@ ANSWER_SCORES: dict[str, Callable[[str, EvalExample], Any]] = {
 # mlflow.genai.evaluate scores rows from many threads, each writing its trace: on sqlite more than a few
 # at once exhaust SQLAlchemy's pool (5 + 10 overflow) and traces are lost. Two rows, one scorer at a time.
 EVALUATION_VIEW_WORKERS = {"MLFLOW_GENAI_EVAL_MAX_WORKERS": "2", "MLFLOW_GENAI_EVAL_MAX_SCORER_WORKERS": "1"}
-
-
-def model_id(model_uri: str) -> str:
-    """The logged model's id in a `models:/<model_id>` URI."""
-    if not model_uri.startswith("models:/m-"):
-        raise ValueError(f"not a logged model URI (models:/<model_id>): {model_uri}")
-    return model_uri.removeprefix("models:/")
 
 
 def example_table(examples: Sequence[EvalExample], reports: Sequence[ModelReport]) -> dict[str, list]:
@@ -118,6 +112,8 @@ def log_evaluation_view(examples: Sequence[EvalExample], reports: Sequence[Model
             else:
                 os.environ[name] = value
     run = mlflow.active_run()
+    if run is None:
+        raise RuntimeError("the evaluation view is logged inside the evaluate run, and no run is active")
     traces = mlflow.search_traces(
         locations=[run.info.experiment_id], run_id=run.info.run_id, return_type="list", include_spans=False
     )
@@ -146,7 +142,7 @@ def log_reports(
     for report in reports:
         mlflow.log_metrics({f"{report.name}/{key}": value for key, value in metrics_by_model[report.name].items()})
     for report in candidates:
-        mlflow.log_metrics(metrics_by_model[report.name], model_id=model_id(report.model_uri), dataset=dataset)
+        mlflow.log_metrics(metrics_by_model[report.name], model_id=logged_model_id(report.model_uri), dataset=dataset)
         mlflow.set_tag(tags.CANDIDATE_PREFIX + report.name, report.model_uri)
     comparisons = comparison_metrics({report.name: report for report in candidates}, champion, evaluation, bases)
     mlflow.log_metrics(comparisons)

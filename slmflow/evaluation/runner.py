@@ -18,6 +18,7 @@ from slmflow.config import EvaluationConfig
 from slmflow.evaluation.batching import Answerer, transformers_answerer
 from slmflow.evaluation.dataset import EvalExample
 from slmflow.evaluation.metrics import ExampleResult, ModelReport, score_example
+from slmflow.evaluation.model_uris import resolve_logged_model_id
 
 TTFT_SAMPLE = 8  # examples per model timed again through predict_stream for time to first token
 LATENCY_SAMPLE = 16  # examples per model sent again one request at a time for latency, when answers are batched
@@ -224,29 +225,13 @@ def _supports_streaming(model) -> bool:
         return False
 
 
-def logged_model_id(model_uri: str) -> str:
-    """The logged model behind `models:/<model_id>`, or behind a registered version `models:/<name>/<version>`
-    (how the champion is handed to `evaluate`)."""
-    from mlflow.tracking import MlflowClient
-
-    reference = model_uri.removeprefix("models:/")
-    if "/" not in reference:
-        return reference
-    name, version = reference.rsplit("/", 1)
-    registered = MlflowClient().get_model_version(name, version)
-    # A version registered from `models:/<model_id>` may carry the id only in its source URI.
-    found = registered.model_id or registered.source.removeprefix("models:/")
-    if not found.startswith("m-"):
-        raise ValueError(f"{model_uri} names a registered version with no logged model (source {registered.source})")
-    return found
-
-
 def model_size_mb(model_uri: str) -> float:
     """Size of a logged model from its artifact listing, without copying it."""
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
     from mlflow.tracking import MlflowClient
 
-    model = MlflowClient().get_logged_model(logged_model_id(model_uri))
+    client = MlflowClient()
+    model = client.get_logged_model(resolve_logged_model_id(model_uri, client))
     repository = get_artifact_repository(model.artifact_location)
 
     def size(path: str | None = None) -> int:

@@ -58,7 +58,7 @@ def capitals(rng: random.Random) -> list[EvalExample]:
 
 def arithmetic(rng: random.Random) -> list[EvalExample]:
     """Sums and differences of two-digit numbers, products of small ones; no result equals an operand."""
-    items = {}
+    items: dict[str, EvalExample] = {}
     while len(items) < 300:
         operation = rng.choice(("plus", "minus", "times"))
         if operation == "times":

@@ -11,9 +11,13 @@ import hashlib
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from slmflow.errors import UnknownBuiltinModelError
 from slmflow.fetch.cache import build_once
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 CAPITALS_FILE = PACKAGE_DIR / "data" / "capitals.jsonl"
@@ -184,6 +188,14 @@ def _train_tokenizer(spec: BuiltinSpec):
     return tokenizer
 
 
+def _special_token_id(tokenizer: PreTrainedTokenizerBase, token: str) -> int:
+    """One token's id (`convert_tokens_to_ids` is typed for a list of tokens too)."""
+    token_id = tokenizer.convert_tokens_to_ids(token)
+    if not isinstance(token_id, int):
+        raise TypeError(f"the tokenizer gave {token_id!r} for the single token {token!r}")
+    return token_id
+
+
 def build_builtin_model(spec: BuiltinSpec, out_dir: Path) -> None:
     import torch
     from transformers import Phi3Config, Phi3ForCausalLM, PreTrainedTokenizerFast
@@ -201,8 +213,7 @@ def build_builtin_model(spec: BuiltinSpec, out_dir: Path) -> None:
             unk_token=PAD_TOKEN,
             chat_template=PHI3_CHAT_TEMPLATE,
         )
-        end_id = tokenizer.convert_tokens_to_ids(END_TOKEN)
-        pad_id = tokenizer.convert_tokens_to_ids(PAD_TOKEN)
+        end_id, pad_id = _special_token_id(tokenizer, END_TOKEN), _special_token_id(tokenizer, PAD_TOKEN)
         config = Phi3Config(
             vocab_size=spec.vocab_size,
             hidden_size=spec.hidden_size,

@@ -20,16 +20,22 @@ def build_once(target: Path, marker: str, build: Callable[[Path], None]) -> Path
     if (target / marker).exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _exclusive(target.parent / f".{target.name}.lock"):
+    lock_file = target.parent / f".{target.name}.lock"
+    with _exclusive(lock_file):
         if (target / marker).exists():  # built by the process we waited for
             return target
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
         try:
             output = staging / "output"
             build(output)
-            output.rename(target)
+            try:
+                output.rename(target)
+            except OSError:  # a process that locked a removed lock file's successor built it meanwhile
+                if not (target / marker).exists():
+                    raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+            lock_file.unlink(missing_ok=True)  # a failed build leaves nothing; waiters still hold its lock
     return target
 
 

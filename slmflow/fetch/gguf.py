@@ -129,7 +129,7 @@ def _dequantize(path: Path, out_dir: Path, dtype: str) -> None:
     model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=getattr(torch, dtype))
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     # Loaded from GGUF, the model counts as quantized and refuses to save: it is plain `dtype` weights now.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]  # set by from_pretrained, undeclared on PreTrainedModel
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.generation_config.do_sample = False

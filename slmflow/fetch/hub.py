@@ -26,7 +26,9 @@ def download_snapshot(
     snapshot_download: SnapshotDownloader | None,
 ) -> Path:
     if snapshot_download is None:
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import snapshot_download as hub_snapshot_download
+
+        snapshot_download = hub_snapshot_download
     try:
         path = snapshot_download(
             repo_id=repo,

@@ -24,7 +24,7 @@ from slmflow.fetch.wheels import packaged_file
 from slmflow.templates import copy_with_template, read_chat_template
 
 # (repo, branch, token) -> the commit sha the branch points at; tests pass a fake hub.
-CommitResolver = Callable[[str, str, str | None], str]
+CommitResolver = Callable[[str, str, str | None], str | None]
 
 
 @dataclass
@@ -61,6 +61,7 @@ def resolve_revision(source: SourceConfig, settings: Settings, resolve_commit: C
         path = _local_path(source)
         return sha256_file(path) if path.is_file() else tree_digest(path)
     if source.branch is None:
+        assert source.revision is not None  # SourceConfig pins every hub model that follows no branch
         return source.revision
     resolve_commit = resolve_commit or _hub_commit
     try:
@@ -69,12 +70,12 @@ def resolve_revision(source: SourceConfig, settings: Settings, resolve_commit: C
         raise SourceError(
             f"cannot resolve branch '{source.branch}' of hub repo '{source.name}': {type(error).__name__}: {error}"
         ) from error
-    if not re.fullmatch(r"[0-9a-f]{40}", commit or ""):
+    if commit is None or not re.fullmatch(r"[0-9a-f]{40}", commit):
         raise SourceError(f"branch '{source.branch}' of hub repo '{source.name}' resolved to '{commit}', not a commit")
     return commit
 
 
-def _hub_commit(repo: str, branch: str, token: str | None) -> str:
+def _hub_commit(repo: str, branch: str, token: str | None) -> str | None:
     from huggingface_hub import HfApi
 
     return HfApi().model_info(repo, revision=branch, token=token).sha

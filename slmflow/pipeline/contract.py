@@ -2,7 +2,7 @@
 
 `MLproject`, every step's argument parser, the outputs a step may record and the cache keys of
 `main` all derive from `STEPS`; `python -m slmflow.pipeline.contract` prints the `MLproject`
-these declarations imply (a test checks the file against it).
+these declarations imply, and with `--kubernetes` the one in deploy/kubernetes (a test checks both files).
 """
 
 from __future__ import annotations
@@ -46,6 +46,10 @@ class StepContract:
     sections: tuple[str, ...] = ()
     # Whether `main` runs it; a step outside the pipeline (a scoring job, say) is declared the same way.
     in_pipeline: bool = True
+    # (dotted config field, project module): code the step runs only when that field is set. Its key covers the
+    # module's closure then, and not otherwise (lm-eval tasks start the OpenAI server: a server fix must not
+    # redo every evaluate).
+    optional_code: tuple[tuple[str, str], ...] = ()
 
     @property
     def command(self) -> str:
@@ -138,6 +142,7 @@ STEPS: dict[str, StepContract] = {
                 ),
             ),
             sections=("evaluation",),
+            optional_code=(("evaluation.lm_eval_task", "slmflow.evaluation.lm_eval_runs"),),
         ),
         StepContract(
             "register",
@@ -170,19 +175,42 @@ STEPS: dict[str, StepContract] = {
 }
 
 
-def mlproject() -> dict:
-    """The MLproject these contracts imply."""
+# What the Kubernetes backend builds the project's image FROM: deploy/Dockerfile's image, as the CronJob's.
+KUBERNETES_BASE_IMAGE = "registry.example.com/slmflow:latest"
+ROOT_HEADER = """\
+# Generated from slmflow/pipeline/contract.py (python -m slmflow.pipeline.contract > MLproject).
+# Parameters are strings on purpose: MLflow makes `path` parameters absolute.
+"""
+KUBERNETES_HEADER = """\
+# Generated from slmflow/pipeline/contract.py
+# (python -m slmflow.pipeline.contract --kubernetes > deploy/kubernetes/MLproject).
+# The project for MLflow's Kubernetes backend (run from the repository root):
+#   mlflow run deploy/kubernetes -e batch_score --backend kubernetes \\
+#     --backend-config deploy/kubernetes/kubernetes_config.json --build-image -P ...
+# MLflow refuses docker_env beside conda_env, hence this folder. slmflow/, steps/ and configs/ here
+# are links to the repository's: MLflow copies this folder (links followed) into the image it
+# builds FROM the base image below (deploy/Dockerfile: Python, requirements.txt, Java, as the
+# CronJob), so each step runs the same code as a local `mlflow run`.
+"""
+
+
+def mlproject(kubernetes: bool = False) -> dict:
+    """The MLproject these contracts imply; for the Kubernetes backend in a docker_env instead of conda.yaml."""
+    environment = {"docker_env": {"image": KUBERNETES_BASE_IMAGE}} if kubernetes else {"conda_env": "conda.yaml"}
     return {
         "name": "slmflow",
-        "conda_env": "conda.yaml",
+        **environment,
         "entry_points": {name: step.mlproject_entry() for name, step in STEPS.items()},
     }
 
 
+def mlproject_text(kubernetes: bool = False) -> str:
+    """The MLproject file as written: a header saying how it was made, then the YAML."""
+    header = KUBERNETES_HEADER if kubernetes else ROOT_HEADER
+    return header + yaml.safe_dump(mlproject(kubernetes), sort_keys=False, width=200)
+
+
 if __name__ == "__main__":
-    print(
-        "# Generated from slmflow/pipeline/contract.py (python -m slmflow.pipeline.contract > MLproject).\n"
-        "# Parameters are strings on purpose: MLflow makes `path` parameters absolute.\n"
-        + yaml.safe_dump(mlproject(), sort_keys=False, width=200),
-        end="",
-    )
+    parser = argparse.ArgumentParser(description="Print the MLproject the step contracts imply.")
+    parser.add_argument("--kubernetes", action="store_true", help="the deploy/kubernetes variant (docker_env)")
+    print(mlproject_text(parser.parse_args().kubernetes), end="")

@@ -21,7 +21,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from slmflow import tags
-from slmflow.code import PROJECT_DIR, code_digest
+from slmflow.code import PROJECT_DIR, code_digest, module_digest
 from slmflow.config import PipelineConfig, Settings
 from slmflow.errors import StepFailedError
 from slmflow.fetch.sources import resolve_revision
@@ -35,9 +35,24 @@ from slmflow.registry.registrar import champion_model_uri
 from slmflow.training.dataset import check_configured_training_set
 
 
-def code_hash(entry_points: tuple[str, ...], project_dir: Path = PROJECT_DIR) -> str:
+def code_hash(entry_points: tuple[str, ...], project_dir: Path = PROJECT_DIR, excluded: tuple[str, ...] = ()) -> str:
     """What the steps run: their own files, the project code they import (transitively) and the pins."""
-    return code_digest([project_dir / "steps" / f"{entry_point}.py" for entry_point in entry_points], project_dir)
+    files = [project_dir / "steps" / f"{entry_point}.py" for entry_point in entry_points]
+    return code_digest(files, project_dir, excluded)
+
+
+def step_code(step: StepContract, config: PipelineConfig, project_dir: Path = PROJECT_DIR) -> dict[str, str]:
+    """The step's code digest, and each optional module's when the config field that runs it is set.
+
+    Every step's optional modules are left out of every closure: the contract names them, and every step
+    imports the contract.
+    """
+    every_optional = tuple(sorted({module for other in STEPS.values() for _, module in other.optional_code}))
+    code = {"step": code_hash((step.entry_point,), project_dir, every_optional)}
+    for field, module in step.optional_code:
+        if config.field_is_set(field):
+            code[module] = module_digest(module, project_dir)
+    return code
 
 
 @dataclass(frozen=True)
@@ -63,7 +78,7 @@ def cache_key(
             if name != "config"
         },
         "config": config.section_hash(*step.sections),
-        "code": code_hash((step.entry_point,), project_dir),
+        "code": step_code(step, config, project_dir),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
@@ -104,7 +119,7 @@ class StepRunner:
         if finished is not None:
             result = StepResult(finished, cached=True)
         else:
-            values = {name: getattr(value, "value", value) for name, value in parameters.items()}
+            values = {name: value.value if isinstance(value, Handoff) else value for name, value in parameters.items()}
             result = StepResult(self._launch(entry_point, values, key), cached=False)
         self._record(label or entry_point, result)
         return result
@@ -234,5 +249,5 @@ def run_pipeline(config: PipelineConfig, config_arg: str, use_cache: bool, setti
         "registered_model": registered.output("registered_model").value,
         "registered_version": registered.output("registered_version").value,
     }
-    set_outputs(STEPS["main"], **summary)
+    set_outputs(STEPS["main"], None, **summary)
     return summary

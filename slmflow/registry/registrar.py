@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from slmflow import tags
 from slmflow.config import RegistryConfig
-from slmflow.errors import GateFailedError
+from slmflow.errors import GateFailedError, RegistryError
 from slmflow.evaluation.statistics import Interval
 from slmflow.registry.aliases import CHALLENGER, CHAMPION, PREVIOUS_CHAMPION, aliased_version, registry_error
 from slmflow.registry.rules import (
@@ -257,7 +257,10 @@ def registered_model_description(name: str) -> str:
 
 def champion_model_uri(version: ModelVersion) -> str:
     """The logged model a registered version was made from (`models:/<model_id>`)."""
-    return version.tags.get("model_uri") or version.source
+    uri = version.tags.get("model_uri") or version.source
+    if not uri:
+        raise RegistryError(f"version {version.version} of {version.name} has neither a model_uri tag nor a source")
+    return uri
 
 
 def evaluation_from_run(run, confidence: float) -> Evaluation:

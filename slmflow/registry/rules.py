@@ -48,8 +48,12 @@ def choose_candidate(
 ) -> Candidate:
     """Highest accuracy, ties broken by tokens/s; with prefer_onnx, the ONNX model when it is non-inferior."""
     onnx = candidates.get(tags.ONNX_MODEL_NAME)
-    preferred = rule.rule == "prefer_onnx" and onnx is not None and onnx_vs_transformers is not None
-    if preferred and onnx_non_inferior(onnx_vs_transformers, rule):
+    if (
+        rule.rule == "prefer_onnx"
+        and onnx is not None
+        and onnx_vs_transformers is not None
+        and onnx_non_inferior(onnx_vs_transformers, rule)
+    ):
         return onnx
     return _best(candidates)
 
@@ -156,36 +160,9 @@ def gate_results(candidate: Candidate, gates: Gates, champion: ChampionEvidence 
         return results
     against = f"against champion version {champion.version} ({champion.how})"
     if gates.max_accuracy_regression is not None:
-        floor = -gates.max_accuracy_regression
-        if champion.accuracy is not None:
-            passed = champion.accuracy.low > floor
-            verdict = "above" if passed else "not above"
-            text = f"accuracy - champion {champion.accuracy}, lower bound {verdict} {floor:.3f}, {against}"
-        else:
-            recorded = champion.recorded.get("accuracy", 0.0) if champion.recorded else 0.0
-            passed = metrics["accuracy"] - recorded > floor
-            text = (
-                f"accuracy {metrics['accuracy']:.3f} - champion's recorded {recorded:.3f} = "
-                f"{metrics['accuracy'] - recorded:+.3f}, {'above' if passed else 'not above'} {floor:.3f}, {against}"
-            )
-        results.append(GateResult("max_accuracy_regression", passed, text))
+        results.append(_accuracy_regression_gate(metrics, gates.max_accuracy_regression, champion, against))
     if gates.max_latency_regression is not None:
-        ceiling = 1 + gates.max_latency_regression
-        if champion.latency_ratio is not None:
-            ratio = champion.latency_ratio
-            passed = ratio.high < ceiling
-            text = (
-                f"latency / champion median ratio {ratio.estimate:.3f} [{ratio.low:.3f}, {ratio.high:.3f}] "
-                f"({ratio.confidence:.0%}), upper bound {'below' if passed else 'not below'} {ceiling:.3f}, {against}"
-            )
-        else:
-            recorded = champion.recorded.get("latency_p50_s") if champion.recorded else None
-            passed = recorded is None or metrics["latency_p50_s"] < recorded * ceiling
-            text = (
-                f"latency_p50_s {metrics['latency_p50_s']:.4f} against the champion's recorded "
-                f"{recorded if recorded is not None else float('nan'):.4f} x {ceiling:.3f}, {against}"
-            )
-        results.append(GateResult("max_latency_regression", passed, text))
+        results.append(_latency_regression_gate(metrics, gates.max_latency_regression, champion, against))
     return results
 
 
@@ -209,6 +186,47 @@ def improvement_over_base_gate(flavor: str, versus_base: Interval | None) -> Gat
         f"accuracy - base ({flavor}, not fine-tuned, same items) {versus_base}, lower bound "
         f"{'above' if passed else 'not above'} 0.000",
     )
+
+
+def _accuracy_regression_gate(
+    metrics: Metrics, max_regression: float, champion: ChampionEvidence, against: str
+) -> GateResult:
+    """Paired: the interval on candidate - champion lies above -max_regression; else the recorded accuracy."""
+    floor = -max_regression
+    if champion.accuracy is not None:
+        passed = champion.accuracy.low > floor
+        verdict = "above" if passed else "not above"
+        text = f"accuracy - champion {champion.accuracy}, lower bound {verdict} {floor:.3f}, {against}"
+    else:
+        recorded = champion.recorded.get("accuracy", 0.0) if champion.recorded else 0.0
+        passed = metrics["accuracy"] - recorded > floor
+        text = (
+            f"accuracy {metrics['accuracy']:.3f} - champion's recorded {recorded:.3f} = "
+            f"{metrics['accuracy'] - recorded:+.3f}, {'above' if passed else 'not above'} {floor:.3f}, {against}"
+        )
+    return GateResult("max_accuracy_regression", passed, text)
+
+
+def _latency_regression_gate(
+    metrics: Metrics, max_regression: float, champion: ChampionEvidence, against: str
+) -> GateResult:
+    """Paired: the median ratio's upper bound is below 1 + max_regression; else the recorded p50 latency."""
+    ceiling = 1 + max_regression
+    if champion.latency_ratio is not None:
+        ratio = champion.latency_ratio
+        passed = ratio.high < ceiling
+        text = (
+            f"latency / champion median ratio {ratio.estimate:.3f} [{ratio.low:.3f}, {ratio.high:.3f}] "
+            f"({ratio.confidence:.0%}), upper bound {'below' if passed else 'not below'} {ceiling:.3f}, {against}"
+        )
+    else:
+        recorded = champion.recorded.get("latency_p50_s") if champion.recorded else None
+        passed = recorded is None or metrics["latency_p50_s"] < recorded * ceiling
+        text = (
+            f"latency_p50_s {metrics['latency_p50_s']:.4f} against the champion's recorded "
+            f"{recorded if recorded is not None else float('nan'):.4f} x {ceiling:.3f}, {against}"
+        )
+    return GateResult("max_latency_regression", passed, text)
 
 
 def gate_failures(results: list[GateResult]) -> list[str]:

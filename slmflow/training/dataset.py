@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from slmflow.chat.request import ROLES, parse_messages, quote
-from slmflow.config import PipelineConfig, SplitConfig, SuiteSplitDataset, dataset_digest
+from slmflow.config import EvaluationConfig, PipelineConfig, SplitConfig, SuiteSplitDataset, dataset_digest
 from slmflow.errors import BadRequestError, TrainingDataError
+from slmflow.evaluation.dataset import EvalExample, all_examples, eval_set_name, load_examples, split_part
 
 Message = dict[str, str]
 
@@ -51,10 +52,11 @@ def load_training_set(path: Path) -> list[TrainingRow]:
     return parse_training_set(path.read_text(), path.name)
 
 
-def check_training_set(dataset: Path, eval_set: Path) -> list[TrainingRow]:
-    """The rows, refused when malformed or when one asks an eval question (every eval row counts)."""
+def check_training_set(dataset: Path, evaluation: EvaluationConfig) -> list[TrainingRow]:
+    """A training file's rows, refused when malformed or when one asks an eval question (every eval item counts,
+    whatever the split part or max_examples: an item another part measures must not be trained on either)."""
     rows = load_training_set(dataset)
-    check_training_set_rows(rows, eval_set)
+    check_eval_leakage(rows, all_examples(evaluation), evaluation)
     return rows
 
 
@@ -79,7 +81,6 @@ def rows_digest(rows: Sequence[TrainingRow]) -> str:
 
 def suite_training_rows(config: PipelineConfig) -> list[TrainingRow]:
     """The suite's items outside the evaluated part of its split: each question with its reference as the answer."""
-    from slmflow.evaluation.dataset import split_part
     from slmflow.evaluation.suites import build_suite
 
     evaluation, dataset = config.evaluation, config.training.dataset if config.training else None
@@ -102,7 +103,6 @@ def suite_training_rows(config: PipelineConfig) -> list[TrainingRow]:
 
 
 def suite_training_name(config: PipelineConfig) -> str:
-    from slmflow.evaluation.dataset import eval_set_name
 
     split = config.evaluation.split
     return f"{eval_set_name(config.evaluation)}-train" + (f"-not-part{split.part}of{split.parts}" if split else "")
@@ -122,36 +122,32 @@ def load_configured_training_set(config: PipelineConfig) -> TrainingSet:
 
 
 def check_configured_training_set(config: PipelineConfig) -> TrainingSet:
-    """The training rows, refused when malformed or when one asks an eval question: for an eval file every row
-    of it counts; for a suite, every item of the evaluated part (before max_examples)."""
-    from slmflow.evaluation.dataset import eval_set_name, load_examples
-
+    """The training rows, refused when malformed or when one asks an eval question. A training file is checked
+    against every eval item; a suite split (trained on the parts not evaluated) against the evaluated part."""
     training_set = load_configured_training_set(config)
     evaluation = config.evaluation
-    if evaluation.eval_set is not None:
-        check_training_set_rows(training_set.rows, evaluation.eval_set)
-        return training_set
-    evaluated = load_examples(evaluation.model_copy(update={"max_examples": None}))
-    check_leakage(training_set.rows, eval_questions(e.messages for e in evaluated), eval_set_name(evaluation))
+    if config.training is not None and isinstance(config.training.dataset, SuiteSplitDataset):
+        evaluated = load_examples(evaluation.model_copy(update={"max_examples": None}))
+    else:
+        evaluated = all_examples(evaluation)
+    check_eval_leakage(training_set.rows, evaluated, evaluation)
     return training_set
 
 
-def check_training_set_rows(rows: Sequence[TrainingRow], eval_set: Path) -> None:
-    from slmflow.evaluation.dataset import load_eval_set
-
-    examples = load_eval_set(eval_set)
-    check_leakage(rows, eval_questions(example.messages for example in examples), eval_set.name)
+def check_eval_leakage(
+    rows: Sequence[TrainingRow], examples: Sequence[EvalExample], evaluation: EvaluationConfig
+) -> None:
+    name = evaluation.eval_set.name if evaluation.eval_set is not None else eval_set_name(evaluation)
+    check_leakage(rows, eval_questions(example.messages for example in examples), name)
 
 
 def training_dataset(training_set: TrainingSet) -> Any:
     """The rows as an MLflow dataset named after the file (or the suite split), known by their content digest."""
-    import mlflow
     import pandas as pd
+    from mlflow.data.pandas_dataset import from_pandas
 
     frame = pd.DataFrame({"messages": [json.dumps(row.messages) for row in training_set.rows]})
-    return mlflow.data.from_pandas(
-        frame, source=training_set.source, name=training_set.name, digest=training_set.digest[:16]
-    )
+    return from_pandas(frame, source=training_set.source, name=training_set.name, digest=training_set.digest[:16])
 
 
 def _parse_row(line: str, where: str) -> TrainingRow:

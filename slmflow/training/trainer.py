@@ -48,7 +48,7 @@ def finetune(
 
     The saved adapter names its base by `base_reference` (a URI), not by this machine's folder."""
     import torch
-    from peft import LoraConfig
+    from peft import LoraConfig, PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
@@ -105,12 +105,15 @@ def finetune(
         seconds = time.perf_counter() - started
         held_out_loss = trainer.evaluate()["eval_loss"] if held_out_rows else None
 
+    adapted = trainer.model
+    if not isinstance(adapted, PeftModel):  # SFTTrainer wraps the model given a peft_config
+        raise TypeError(f"SFTTrainer trained a {type(adapted).__name__}, not a peft model")
     adapter_dir, checkpoint_dir = work_dir / "adapter", work_dir / "checkpoint"
-    for adapter in trainer.model.peft_config.values():
+    for adapter in adapted.peft_config.values():
         adapter.base_model_name_or_path = base_reference
-    trainer.model.save_pretrained(adapter_dir)
+    adapted.save_pretrained(str(adapter_dir))
     (adapter_dir / "README.md").unlink(missing_ok=True)  # peft's empty model card, naming the local folder
-    merged = trainer.model.merge_and_unload()
+    merged = adapted.merge_and_unload()
     _copy_non_weight_files(base_dir, checkpoint_dir)
     merged.save_pretrained(checkpoint_dir)
     history = tuple(trainer.state.log_history)

@@ -11,7 +11,8 @@ import pytest
 from slmflow import tags
 from slmflow.config import EvaluationConfig
 from slmflow.evaluation.comparison import lm_eval_metrics
-from slmflow.evaluation.lm_eval_tasks import load_task, score_models
+from slmflow.evaluation.lm_eval_runs import score_models
+from slmflow.evaluation.lm_eval_tasks import load_task
 from testkit.processes import PROJECT_DIR
 
 TASK = PROJECT_DIR / "configs" / "eval" / "lm_eval" / "capitals.yaml"

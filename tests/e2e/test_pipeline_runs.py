@@ -24,7 +24,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from slmflow.registry.registrar import KILL_BEFORE_ALIASES_ENV
-from testkit.processes import PROJECT_DIR, free_port, mlflow_cli, run_command
+from testkit.processes import PROJECT_DIR, free_port, kill_job_when, mlflow_cli, run_command
 
 STEPS = ["fetch_model", "log_onnx_wrapper", "log_transformers_pipeline", "evaluate", "register"]
 MODEL_NAME = "tiny-phi3-chat"
@@ -372,21 +372,14 @@ def test_two_runs_started_together_register_one_version(first_run, team, checkou
 def test_a_run_killed_during_evaluate_is_finished_by_the_next(first_run, team, checkout, tmp_path):
     name = "tiny-phi3-killed"
     config = variant_config(tmp_path, evaluation={"max_examples": 16}, registry={"model_name": name})  # 15 resolve 0.2
-    command = team.command(str(checkout), config)
     started = time.time()
-    job = subprocess.Popen(
-        command,
-        cwd=tmp_path,
-        env={**os.environ, "MLFLOW_TRACKING_URI": team.server.uri},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,  # its own group, to kill the job with every step it started
+    evaluating = kill_job_when(
+        team.command(str(checkout), config),
+        tmp_path,
+        lambda: running_step(team, "evaluate", after=started),
+        "evaluate started",
+        MLFLOW_TRACKING_URI=team.server.uri,
     )
-    try:
-        evaluating = wait_for_running_step(team, "evaluate", after=started, job=job)
-    finally:
-        os.killpg(job.pid, signal.SIGKILL)  # the whole job dies at once, as when its machine goes away
-        job.wait(timeout=60)
     evaluating = team.client.get_run(evaluating.info.run_id)
     killed_parent = team.client.get_run(evaluating.data.tags["mlflow.parentRunId"])
     assert killed_parent.info.status == "RUNNING" and evaluating.info.status == "RUNNING"
@@ -410,21 +403,15 @@ def test_a_run_killed_during_evaluate_is_finished_by_the_next(first_run, team, c
     assert versions(team.client, name) == ["1"] and alias(team.client, name, "champion") == "1"
 
 
-def wait_for_running_step(team: Team, entry_point: str, after: float, job: subprocess.Popen, timeout: float = 900):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if job.poll() is not None:
-            pytest.fail(f"the run ended (exit code {job.returncode}) before {entry_point} started")
-        runs = team.client.search_runs(
-            [team.experiment_id],
-            f"tags.`mlflow.project.entryPoint` = '{entry_point}' and attributes.status = 'RUNNING'",
-        )
-        # Started by this job, and its process is up: it has tagged the cache key main handed it.
-        started = [r for r in runs if r.info.start_time >= after * 1000 and "slmflow.cache_key" in r.data.tags]
-        if started:
-            return started[0]
-        time.sleep(1)
-    pytest.fail(f"{entry_point} did not start within {timeout:.0f} s")
+def running_step(team: Team, entry_point: str, after: float):
+    """The step's RUNNING run started after `after` (epoch seconds) whose process is up, or None."""
+    runs = team.client.search_runs(
+        [team.experiment_id],
+        f"tags.`mlflow.project.entryPoint` = '{entry_point}' and attributes.status = 'RUNNING'",
+    )
+    # Started by this job, and its process is up: it has tagged the cache key main handed it.
+    started = [r for r in runs if r.info.start_time >= after * 1000 and "slmflow.cache_key" in r.data.tags]
+    return started[0] if started else None
 
 
 def recorded_texts(team: Team) -> dict[str, bytes]:

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -21,8 +19,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from slmflow.pipeline.contract import STEPS as CONTRACT
-from testkit.processes import PROJECT_DIR
-from tests.e2e.test_pipeline_runs import Team, aliases, clone, mlflow_run, wait_for_running_step
+from testkit.processes import PROJECT_DIR, kill_job_when
+from tests.e2e.test_pipeline_runs import Team, aliases, clone, mlflow_run, running_step
 
 # A fine-tune, two builds and two evaluations per job: longer than the default per-test timeout on 2 shared cores.
 pytestmark = pytest.mark.timeout(3600)
@@ -148,23 +146,20 @@ def test_a_job_killed_during_training_then_new_data_retrains_and_the_gates_decid
         tmp_path, [capital_row("Spain", "Madrid"), capital_row("Japan", "Tokyo")], require_improvement_over_base=True
     )
     started = time.time()
-    job = subprocess.Popen(
+
+    def training_under_way():
+        training = running_step(team, "finetune", after=started)
+        logged_a_loss = training is not None and team.client.get_metric_history(training.info.run_id, "loss")
+        return training if logged_a_loss else None
+
+    training = kill_job_when(
         team.command(str(checkout), config),
-        cwd=tmp_path,
-        env={**os.environ, "MLFLOW_TRACKING_URI": team.server.uri},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
+        tmp_path,
+        training_under_way,
+        "finetune logged a loss",
+        timeout=1800,
+        MLFLOW_TRACKING_URI=team.server.uri,
     )
-    try:
-        training = wait_for_running_step(team, "finetune", after=started, job=job)
-        deadline = time.monotonic() + 900
-        while not team.client.get_metric_history(training.info.run_id, "loss"):  # training is under way
-            assert time.monotonic() < deadline and job.poll() is None, "finetune never logged a loss"
-            time.sleep(0.5)
-    finally:
-        os.killpg(job.pid, signal.SIGKILL)
-        job.wait(timeout=60)
     assert team.client.get_run(training.info.run_id).info.status == "RUNNING"  # never FINISHED, never reused
     assert [v.version for v in team.client.search_model_versions(f"name = '{MODEL_NAME}'")] == ["1"]
     assert aliases(team.client, MODEL_NAME) == {"champion": "1"}

@@ -8,7 +8,8 @@ from mlflow.tracking import MlflowClient
 
 from slmflow.evaluation.dataset import load_examples
 from slmflow.evaluation.metrics import ExampleResult, ModelReport
-from slmflow.evaluation.reporting import ANSWER_SCORES, evaluation_records, log_reports, model_id
+from slmflow.evaluation.model_uris import logged_model_id
+from slmflow.evaluation.reporting import ANSWER_SCORES, evaluation_records, log_reports
 
 EXAMPLES = 24  # every capitals item: enough rows for mlflow.genai.evaluate's threads to contend for sqlite
 
@@ -74,7 +75,7 @@ def test_paired_comparisons_are_metrics_with_their_intervals(logged_evaluation):
 def test_each_logged_model_carries_its_metrics_against_the_eval_set(logged_evaluation, logged_models):
     run, _, _ = logged_evaluation
     for name, expected_accuracy in (("onnx-chat", 1.0), ("transformers-chat", 23 / 24)):
-        model = MlflowClient().get_logged_model(model_id(logged_models[name]))
+        model = MlflowClient().get_logged_model(logged_model_id(logged_models[name]))
         metrics = {m.key: m for m in model.metrics if m.run_id == run.info.run_id}
         assert metrics["accuracy"].value == pytest.approx(expected_accuracy)
         assert {"rouge_l", "tokens_per_second", "latency_p95_s", "size_mb"} <= set(metrics)
@@ -114,8 +115,3 @@ def test_records_pair_each_question_with_every_answer(logged_evaluation):
     assert first["inputs"]["messages"][-1]["content"] == examples[0].question
     assert first["outputs"] == {"m": "a"}
     assert first["expectations"]["key_fact"] == examples[0].answer
-
-
-def test_a_model_uri_that_is_not_a_logged_model_is_refused():
-    with pytest.raises(ValueError, match="not a logged model URI"):
-        model_id("runs:/abc/model")

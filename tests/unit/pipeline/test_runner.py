@@ -2,11 +2,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-import yaml
 
 from slmflow.code import module_digest
 from slmflow.config import PipelineConfig
-from slmflow.pipeline.contract import STEPS, mlproject
+from slmflow.pipeline.contract import STEPS, mlproject_text
 from slmflow.pipeline.runner import Handoff, StepResult, cache_key
 from slmflow.registry.lineage import FLAVOR_MODULES
 from testkit.processes import PROJECT_DIR
@@ -26,9 +25,12 @@ def config(tmp_path: Path, eval_text: str = '{"question": "q", "answer": "a"}\n'
     return PipelineConfig.model_validate(data)
 
 
-def test_mlproject_is_what_the_contracts_declare():
-    """Regenerate with: python -m slmflow.pipeline.contract > MLproject"""
-    assert yaml.safe_load((PROJECT_DIR / "MLproject").read_text()) == mlproject()
+@pytest.mark.parametrize(
+    ("path", "kubernetes"), [("MLproject", False), ("deploy/kubernetes/MLproject", True)], ids=["root", "kubernetes"]
+)
+def test_mlproject_is_what_the_contracts_declare(path, kubernetes):
+    """Regenerate with: python -m slmflow.pipeline.contract [--kubernetes] > PATH"""
+    assert (PROJECT_DIR / path).read_text() == mlproject_text(kubernetes)
 
 
 def test_every_step_reads_known_config_sections_and_has_a_module():
@@ -124,6 +126,21 @@ def test_a_module_nothing_imports_or_a_server_change_keeps_every_key(checkout, t
     with (checkout / "slmflow" / "serving" / "app.py").open("a") as handle:
         handle.write("# a server fix\n")
     assert keys_of(checkout, tmp_path) == before
+
+
+def test_with_an_lm_eval_task_a_server_change_redoes_evaluate_only(checkout, tmp_path):
+    """The task runs each model behind `python -m slmflow.serve`: then, and only then, evaluate runs the server."""
+    task = PROJECT_DIR / "configs" / "eval" / "lm_eval" / "capitals.yaml"
+    with_task = config(tmp_path, evaluation={"eval_set": str(tmp_path / "eval.jsonl"), "lm_eval_task": str(task)})
+
+    def keys() -> dict[str, str]:
+        return {name: cache_key(STEPS[name], {}, with_task, checkout) for name in PIPELINE}
+
+    before = keys()
+    with (checkout / "slmflow" / "serving" / "app.py").open("a") as handle:
+        handle.write("# a server fix\n")
+    after = keys()
+    assert {name for name in before if after[name] != before[name]} == {"evaluate"}
 
 
 def test_an_onnx_engine_change_redoes_the_onnx_wrapper_and_not_fetch_model(checkout, tmp_path):

@@ -4,7 +4,9 @@ import json
 
 import pytest
 
+from slmflow.config import EvaluationConfig, SplitConfig, SuiteConfig
 from slmflow.errors import TrainingDataError
+from slmflow.evaluation.dataset import all_examples, load_examples
 from slmflow.training.dataset import (
     check_leakage,
     check_lengths,
@@ -89,7 +91,8 @@ def test_leakage_guard_counts_the_rows_and_names_the_first():
 
 def test_the_shipped_training_set_does_not_leak_into_the_eval_set():
     rows = check_training_set(
-        PROJECT_DIR / "configs/train/capitals-rephrased.jsonl", PROJECT_DIR / "configs/eval/capitals.jsonl"
+        PROJECT_DIR / "configs/train/capitals-rephrased.jsonl",
+        EvaluationConfig(eval_set=PROJECT_DIR / "configs/eval/capitals.jsonl"),
     )
     assert len(rows) == 40
 
@@ -98,7 +101,18 @@ def test_the_leakage_guard_reads_every_eval_row(tmp_path):
     leaked = tmp_path / "train.jsonl"
     leaked.write_text(chat(("user", "What is the capital of Spain?"), ("assistant", "Madrid.")) + "\n")
     with pytest.raises(TrainingDataError, match="1 row"):
-        check_training_set(leaked, PROJECT_DIR / "configs/eval/capitals.jsonl")
+        check_training_set(leaked, EvaluationConfig(eval_set=PROJECT_DIR / "configs/eval/capitals.jsonl"))
+
+
+def test_the_leakage_guard_reads_a_built_suite_and_the_items_other_split_parts_measure(tmp_path):
+    suite = SuiteConfig(skills={"arithmetic": 20})
+    evaluation = EvaluationConfig(suite=suite, split=SplitConfig(parts=2, part=0), max_examples=3)
+    measured = {e.question for e in load_examples(evaluation)}
+    elsewhere = next(e.question for e in all_examples(evaluation) if e.question not in measured)
+    leaked = tmp_path / "train.jsonl"
+    leaked.write_text(chat(("user", elsewhere), ("assistant", "42")) + "\n")
+    with pytest.raises(TrainingDataError, match="1 row.* of the eval set suite-arithmetic; the first is train.jsonl:1"):
+        check_training_set(leaked, evaluation)
 
 
 def test_held_out_split_is_disjoint_seeded_and_keeps_some_for_training():
