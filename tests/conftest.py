@@ -165,8 +165,28 @@ def spark():
     session.stop()
 
 
+# The files that take longest (several `mlflow run`s each), longest first. bin/test's workers take whole files
+# in collection order (--dist loadfile --no-loadscope-reorder): starting these first keeps both busy to the end.
+LONGEST_FIRST = (
+    "e2e/test_pipeline_runs.py",
+    "e2e/test_paired_gates.py",
+    "e2e/test_retraining.py",
+    "e2e/test_real_model.py",
+    "e2e/test_batch_spark.py",
+    "e2e/test_openai_server.py",
+    "e2e/test_lm_eval_task.py",
+)
+
+
 def pytest_collection_modifyitems(items) -> None:
-    """Tests under tests/e2e run real processes (`mlflow run`, servers, Spark): mark them, for `-m "not e2e"`."""
+    """Tests under tests/e2e run real processes (`mlflow run`, servers, Spark): mark them, for `-m "not e2e"`.
+    Then the longest files first (a stable sort: each file's tests keep their order)."""
     for item in items:
         if "e2e" in Path(str(item.fspath)).relative_to(PROJECT_DIR / "tests").parts[:1]:
             item.add_marker(pytest.mark.e2e)
+
+    def rank(item) -> int:
+        path = Path(str(item.fspath)).relative_to(PROJECT_DIR / "tests").as_posix()
+        return LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)
