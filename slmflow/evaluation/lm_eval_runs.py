@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -14,18 +15,18 @@ import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from slmflow.evaluation.lm_eval_tasks import SERVED_MODEL, LmEvalTask, item_scores
+from slmflow.evaluation.lm_eval_tasks import LmEvalTask, item_scores
 
 
-def run_task(task: LmEvalTask, base_url: str) -> list[bool]:
-    """The task's per-item scores for the model served at `base_url` (…/v1/chat/completions)."""
+def run_task(task: LmEvalTask, base_url: str, model: str) -> list[bool]:
+    """The task's per-item scores for `model` served at `base_url` (…/v1/chat/completions)."""
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # the task's data is local: datasets must not ask the hub
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
     results = simple_evaluate(
         model="local-chat-completions",
-        model_args=f"base_url={base_url},model={SERVED_MODEL},num_concurrent=1,max_retries=1,tokenized_requests=False",
+        model_args=f"base_url={base_url},model={model},num_concurrent=1,max_retries=1,tokenized_requests=False",
         tasks=[dict(task.config)],
         task_manager=TaskManager(),
         apply_chat_template=True,
@@ -37,8 +38,9 @@ def run_task(task: LmEvalTask, base_url: str) -> list[bool]:
 
 
 @contextlib.contextmanager
-def served(model_uri: str, log_path: Path, timeout: float = 300.0) -> Iterator[str]:
-    """`python -m slmflow.serve` for `model_uri` on a free loopback port; yields its chat completions URL.
+def served(model_uri: str, log_path: Path, timeout: float = 300.0) -> Iterator[tuple[str, str]]:
+    """`python -m slmflow.serve` for `model_uri` on a free loopback port; yields its chat completions URL and the
+    name it serves the model under (the server refuses any other name with a 404).
     The server runs in its own process group, stopped (the whole group) afterwards."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -56,7 +58,9 @@ def served(model_uri: str, log_path: Path, timeout: float = 300.0) -> Iterator[s
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"python -m slmflow.serve for {model_uri} did not become ready; see {log_path}")
                 time.sleep(0.5)
-            yield f"http://127.0.0.1:{port}/v1/chat/completions"
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=30) as response:
+                model = json.loads(response.read())["data"][0]["id"]
+            yield f"http://127.0.0.1:{port}/v1/chat/completions", model
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGTERM)
@@ -78,6 +82,6 @@ def score_models(task: LmEvalTask, models: Mapping[str, str], log_dir: Path) -> 
     """Each model's per-item scores on the task, each model served in its own process in turn."""
     scores = {}
     for name, uri in models.items():
-        with served(uri, log_dir / f"serve-{name}.log") as base_url:
-            scores[name] = run_task(task, base_url)
+        with served(uri, log_dir / f"serve-{name}.log") as (base_url, model):
+            scores[name] = run_task(task, base_url, model)
     return scores

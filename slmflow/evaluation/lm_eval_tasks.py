@@ -19,7 +19,6 @@ import yaml
 from slmflow.errors import ConfigError
 
 FIELD = "evaluation.lm_eval_task"
-SERVED_MODEL = "slmflow"  # the name lm-eval sends; the server answers with the model it serves
 
 
 @dataclass(frozen=True)

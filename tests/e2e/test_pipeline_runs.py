@@ -272,11 +272,16 @@ def test_another_clone_and_git_url_runs_reuse_every_step_and_register_nothing(fi
     assert versions(team.client) == ["1"]
 
 
-def test_a_readme_only_commit_reuses_every_step(first_run, team, tmp_path):
+def test_a_commit_of_docs_an_unused_module_and_a_server_fix_reuses_every_step(first_run, team, tmp_path):
+    """No step runs the README, a module nothing imports, or the OpenAI server: nothing is redone or registered."""
     checkout = clone(tmp_path / "slmflow")
     (checkout / "README.md").write_text((checkout / "README.md").read_text() + "\nA note.\n")
+    (checkout / "slmflow" / "unrelated_module.py").write_text("ANSWER = 42\n")
+    with (checkout / "slmflow" / "serving" / "app.py").open("a") as handle:
+        handle.write("# a server fix\n")
     author = {f"GIT_{who}_{what}": "t" for who in ("AUTHOR", "COMMITTER") for what in ("NAME", "EMAIL")}
-    commit = ["git", "-C", str(checkout), "commit", "--quiet", "-am", "Docs only"]
+    subprocess.run(["git", "-C", str(checkout), "add", "slmflow/unrelated_module.py"], check=True)
+    commit = ["git", "-C", str(checkout), "commit", "--quiet", "-am", "Docs, an unused module, a server fix"]
     subprocess.run(commit, check=True, env={**os.environ, **author})
     result = team.run(str(checkout))
     team.assert_ok(result)
