@@ -169,6 +169,7 @@ def spark():
 # in collection order (--dist loadfile --no-loadscope-reorder): starting these first keeps both busy to the end.
 LONGEST_FIRST = (
     "e2e/test_pipeline_runs.py",
+    "e2e/test_virtualenv_runs.py",
     "e2e/test_paired_gates.py",
     "e2e/test_retraining.py",
     "e2e/test_real_model.py",

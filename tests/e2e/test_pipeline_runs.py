@@ -698,20 +698,3 @@ def git_daemon(tmp_path_factory):
     yield f"git://127.0.0.1:{port}/slmflow.git", commit
     daemon.terminate()
     daemon.wait(timeout=10)
-
-
-def test_children_run_in_the_parents_virtualenv(tmp_path):
-    """Nested `mlflow.run` does not inherit `--env-manager`: main must hand it down."""
-    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    result = run_command(
-        [*mlflow_cli(), "run", str(PROJECT_DIR), "--env-manager", "virtualenv", "-P", "config=configs/tiny.yaml"],
-        cwd=tmp_path,
-        timeout=1500,
-        MLFLOW_TRACKING_URI=store,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    client = MlflowClient(store)
-    [parent] = parent_runs(client)
-    children = children_of(client, parent)
-    assert sorted(children) == sorted(STEPS)
-    assert {run.data.tags.get("mlflow.project.env") for run in [parent, *children.values()]} == {"virtualenv"}
