@@ -40,6 +40,14 @@ class Server:
         return socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
 
 
+def read_until_closed(connection: socket.socket, limit: int = 1 << 20) -> bytes:
+    """Everything the server sends before it closes the connection (a reply may come in several packets)."""
+    received = b""
+    while len(received) < limit and (piece := connection.recv(65536)):
+        received += piece
+    return received
+
+
 def question(country: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": f"What is the capital of {country}?"}]
 

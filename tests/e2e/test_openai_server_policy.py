@@ -15,7 +15,7 @@ import openai
 import pytest
 
 from slmflow.policy import RequestLimits
-from testkit.openai_server import champion, closed_by_server, question, requests_counted, serve
+from testkit.openai_server import champion, closed_by_server, question, read_until_closed, requests_counted, serve
 
 LIMITS = RequestLimits(max_total_tokens=500)
 # A deadline passed before the first token on any machine: the test never depends on the machine's speed.
@@ -89,7 +89,7 @@ def test_connections_that_send_no_headers_or_half_of_them_are_closed(policy_serv
 def test_a_body_that_stops_arriving_is_a_408(policy_server):
     with policy_server.connect(timeout=30) as connection:
         connection.sendall(f'{HEAD}Content-Length: 100\r\n\r\n{{"messages": '.encode())
-        reply = connection.recv(65536).decode()
+        reply = read_until_closed(connection).decode()
     assert reply.startswith("HTTP/1.1 408") and '"code":"request_timeout"' in reply
 
 
