@@ -231,6 +231,19 @@ def speed_rounds(variants: list[Variant], workload: dict, args: argparse.Namespa
     return rounds
 
 
+def earlier_accuracy(report: Path, variants: list[Variant], questions: int) -> dict[str, dict]:
+    """Each variant's accuracy from an earlier report: greedy answers do not depend on the machine's load,
+    so a speed run on an idle machine can reuse a quality run made while it was busy."""
+    earlier = json.loads(report.read_text())
+    if earlier["questions"] != questions:
+        raise SystemExit(f"--quality-from {report}: {earlier['questions']} questions, this run asks {questions}")
+    found = earlier["variants"]
+    missing = [v.name for v in variants if v.name not in found]
+    if missing:
+        raise SystemExit(f"--quality-from {report}: no accuracy for {', '.join(missing)}")
+    return {v.name: {**found[v.name]["accuracy"], "from": report.name} for v in variants}
+
+
 # The report: a table with both runs, and quality against speed.
 
 SPEED_COLUMNS = {
@@ -329,6 +342,7 @@ def main(argv: list[str] | None = None) -> None:
         [q["question"] for q in questions],
     )
     rounds = speed_rounds(variants, workload, args)
+    measured = earlier_accuracy(args.quality_from, variants, len(questions)) if args.quality_from else {}
     result = {
         "label": args.label,
         "threads": args.threads,
@@ -337,7 +351,11 @@ def main(argv: list[str] | None = None) -> None:
         "questions": len(questions),
         "shape": {"rows": args.rows, "short": args.short_tokens, "long": args.long_tokens, "new": args.new_tokens},
         "variants": {
-            v.name: {"path": str(v.path), "size_mb": v.size_mb, "accuracy": accuracy(v, workload, questions, args)}
+            v.name: {
+                "path": str(v.path),
+                "size_mb": v.size_mb,
+                "accuracy": measured.get(v.name) or accuracy(v, workload, questions, args),
+            }
             for v in variants
         },
         "rounds": rounds,
@@ -364,6 +382,7 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--phrasings", type=int, default=3, help="questions per country (1-3)")
     parser.add_argument("--answer-tokens", type=int, default=48)
     parser.add_argument("--llama-repack", action="store_true", help="llama.cpp weight repacking on (see open_runner)")
+    parser.add_argument("--quality-from", type=Path, help="reuse the accuracy of an earlier report (JSON)")
     parser.add_argument("--label", default="idle", help="how the machine was: idle, or loaded")
     return parser.parse_args(argv)
 

@@ -1,9 +1,11 @@
 """The answer rule, the questions and the interval of the same-weights benchmark."""
 
+import json
+
 import pytest
 
 from benchmarks.quality import capital_questions, first_sentence, names_capital, wilson_interval
-from benchmarks.same_weights import within
+from benchmarks.same_weights import Variant, earlier_accuracy, within
 
 CAPITALS = ["Paris", "Madrid", "Mexico City", "Rome"]
 
@@ -48,3 +50,15 @@ def test_two_runs_agree_within_ten_percent_of_the_larger():
     assert not within([100.0, 89.0])
     assert not within([100.0])
     assert within([50.0, 100.0, 95.0])
+
+
+def test_an_idle_speed_run_reuses_the_accuracy_of_an_earlier_report_only_when_it_covers_this_run(tmp_path):
+    report = tmp_path / "quality.json"
+    accuracy = {"right": 3, "total": 4, "rate": 0.75, "interval": [0.3, 0.95], "answers": []}
+    report.write_text(json.dumps({"questions": 4, "variants": {"onnx int4 b32": {"accuracy": accuracy}}}))
+    onnx, llama = Variant("onnx int4 b32", "onnx", tmp_path), Variant("llama.cpp q4_0", "llama.cpp", tmp_path)
+    assert earlier_accuracy(report, [onnx], questions=4) == {"onnx int4 b32": {**accuracy, "from": "quality.json"}}
+    with pytest.raises(SystemExit, match="no accuracy for llama.cpp q4_0"):
+        earlier_accuracy(report, [onnx, llama], questions=4)
+    with pytest.raises(SystemExit, match="4 questions, this run asks 120"):
+        earlier_accuracy(report, [onnx], questions=120)
