@@ -219,11 +219,13 @@ def _latency_regression_gate(
             f"latency / champion median ratio {ratio.estimate:.3f} [{ratio.low:.3f}, {ratio.high:.3f}] "
             f"({ratio.confidence:.0%}), upper bound {'below' if passed else 'not below'} {ceiling:.3f}, {against}"
         )
+    elif (latency := metrics.get("latency_p50_s")) is None:  # nothing to compare: refuse rather than guess
+        passed, text = False, f"the candidate has no latency_p50_s to compare, {against}"
     else:
         recorded = champion.recorded.get("latency_p50_s") if champion.recorded else None
-        passed = recorded is None or metrics["latency_p50_s"] < recorded * ceiling
+        passed = recorded is None or latency < recorded * ceiling
         text = (
-            f"latency_p50_s {metrics['latency_p50_s']:.4f} against the champion's recorded "
+            f"latency_p50_s {latency:.4f} against the champion's recorded "
             f"{recorded if recorded is not None else float('nan'):.4f} x {ceiling:.3f}, {against}"
         )
     return GateResult("max_latency_regression", passed, text)

@@ -227,6 +227,9 @@ def test_recorded_metrics_fallback_boundaries():
     # A champion that recorded no latency cannot be slower than: the gate passes, saying nan.
     unrecorded = fallback_gates({"latency_p50_s": 9.0}, {"accuracy": 0.9}, **latency)["max_latency_regression"]
     assert unrecorded.passed and "recorded nan x 1.500" in unrecorded.text
+    # A candidate without a latency cannot be shown not slower: the gate fails, saying why (not a KeyError).
+    unmeasured = fallback_gates({"accuracy": 0.9}, recorded, **latency)["max_latency_regression"]
+    assert not unmeasured.passed and "the candidate has no latency_p50_s to compare" in unmeasured.text
 
 
 def test_a_tie_goes_to_the_faster_candidate_whichever_comes_first():
