@@ -50,6 +50,14 @@ def remember_folder(reference: str, folder: Path, settings: Settings) -> None:
     link.unlink(missing_ok=True)
     link.symlink_to(folder.resolve(), target_is_directory=True)
     os.replace(link, target)
+    _prune_dangling_links(target.parent)
+
+
+def _prune_dangling_links(handoffs: Path) -> None:
+    """Drop remembered folders whose cache entry has since been cleared (their link leads nowhere)."""
+    for entry in handoffs.iterdir():
+        if entry.is_symlink() and not entry.exists():
+            entry.unlink(missing_ok=True)  # another step may have replaced or removed it meanwhile
 
 
 def _handoff_path(reference: str, settings: Settings) -> Path:

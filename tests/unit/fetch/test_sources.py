@@ -192,6 +192,17 @@ def test_run_artifacts_are_downloaded_once_and_a_remembered_folder_is_read_in_pl
     assert local_folder(uri, settings, "genai_config.json").resolve() == tiny_onnx.resolve()
 
 
+def test_remembering_a_folder_prunes_links_whose_cache_entry_was_cleared(settings, tmp_path):
+    isolated = settings.model_copy(update={"cache_dir": tmp_path / "cache"})
+    cleared, kept = tmp_path / "cleared-build", tmp_path / "kept-build"
+    cleared.mkdir(), kept.mkdir()
+    remember_folder("runs:/r1/onnx", cleared, isolated)
+    cleared.rmdir()  # the cache entry it pointed to is gone
+    remember_folder("runs:/r2/onnx", kept, isolated)
+    links = list((isolated.cache_dir / "handoffs").iterdir())
+    assert [link.resolve() for link in links] == [kept.resolve()]
+
+
 def test_a_configured_chat_template_replaces_the_models_own_for_every_source_kind(settings, tiny_checkpoint, tmp_path):
     template = tmp_path / "chat.jinja"
     template.write_text("{% for m in messages %}<|user|>\n{{ m['content'] }}<|end|>\n{% endfor %}<|assistant|>\n")
