@@ -5,7 +5,7 @@ continuous mode needs a paged KV cache that the CPU builder does not produce. So
 arrives while others generate is admitted by starting another Generator (a group) beside the
 running ones, at most `max_groups` of them, each stepped one token in turn from the one generation
 thread (benchmarks/admission.py measured the trade: more groups, earlier first tokens; past about
-four, fewer tokens/s, as small groups take batch-1 steps). `max_groups=1` is static batching: a
+two here, fewer tokens/s, as small groups take batch-1 steps). `max_groups=1` is static batching: a
 request waits for the whole running batch.
 
 No model, no threads, no clock here: the batcher (`slmflow.serving.batcher`) drives it.
@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from typing import Generic, TypeVar
 
-DEFAULT_MAX_GROUPS = 4  # measured on SmolLM2-135M int4: benchmarks/README.md, "Admission between decode steps"
+DEFAULT_MAX_GROUPS = 2  # measured on SmolLM2-135M int4 through the Batcher: benchmarks/README.md, "--max-groups"
 
 G = TypeVar("G")
 T = TypeVar("T")
