@@ -255,6 +255,7 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
                     streaming="tokens" if served.streams_tokens else "whole-answer",
                     context_length=served.context_length,
                     max_batch_size=batcher.max_batch_size,
+                    max_groups=batcher.max_groups,
                     route=route.name,
                     version=deployment.version,
                     alias=route.ref.alias if route.ref is not None else None,

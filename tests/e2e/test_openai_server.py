@@ -135,7 +135,7 @@ def test_models_health_and_ready(onnx_server):
         and card["flavor"] == "onnx-chat"
         and card["streaming"] == "tokens"
     )
-    assert card["context_length"] == 512 and card["max_batch_size"] == 8
+    assert card["context_length"] == 512 and card["max_batch_size"] == 8 and card["max_groups"] == 3
     assert requests.get(f"{onnx_server.base}/health", timeout=30).json() == {"status": "ok"}
     assert requests.get(f"{onnx_server.base}/ready", timeout=30).status_code == 200
 
