@@ -16,9 +16,13 @@ on the same staggered arrivals (one request every `--gap` seconds, each asking f
 
 Records per scheduler: time to first token (arrival to first token, p50 and p95) and aggregate
 tokens/s (all tokens over first arrival to last finish); and the idle server's time to first token.
-No server: the engine directly, one thread, as the server's generation thread drives it.
+By default no server: the engine directly, one thread, as the server's generation thread drives it.
+With `--batcher`, the server's own code path instead: `slmflow.serving.batcher.Batcher` (its
+generation thread, `--max-groups` as the server takes it, streamed tickets submitted from an event
+loop at their arrival times; everything but HTTP), with K=1 as today's static batches.
 
-    python -m benchmarks.admission --onnx-dir PATH [--clients 16] [--gap 0.25] [--tokens 64] [--report NAME]
+    python -m benchmarks.admission --onnx-dir PATH [--clients 16] [--gap 0.25] [--tokens 64] [--batcher]
+        [--report NAME]
 """
 
 from __future__ import annotations
@@ -101,13 +105,53 @@ def run(engine, pending: list, gap: float, max_groups: int) -> dict[str, float]:
     }
 
 
+def run_batcher(engine, pending: list, gap: float, max_groups: int) -> dict[str, float]:
+    """Serve `pending` (arriving one every `gap` s) through the server's Batcher with `max_groups`."""
+    import asyncio
+
+    from slmflow.serving.batcher import Batcher, Failed, Finished
+
+    async def serve() -> dict[str, float]:
+        groups: list[int] = []
+        batcher = Batcher(engine, max_batch_size=16, max_queue=64, max_groups=max_groups, on_batch=groups.append)
+
+        async def client(index: int, request) -> tuple[float, int, float]:
+            await asyncio.sleep(index * gap)
+            ticket = batcher.submit(request, stream=True)
+            while not isinstance(event := await ticket.next_event(), Finished | Failed):
+                pass
+            if isinstance(event, Failed):
+                raise event.error
+            assert ticket.first_token_at is not None
+            return ticket.first_token_at - ticket.submitted_at, event.completion.completion_tokens, time.monotonic()
+
+        start = time.monotonic()
+        try:
+            answers = await asyncio.gather(*(client(index, request) for index, request in enumerate(pending)))
+        finally:
+            batcher.close()
+        ttft = [first for first, _, _ in answers]
+        tokens = sum(count for _, count, _ in answers)
+        return {
+            "ttft_p50_s": round(statistics.median(ttft), 3),
+            "ttft_p95_s": round(p95(ttft), 3),
+            "tokens_per_s": round(tokens / (max(end for _, _, end in answers) - start), 1),
+            "tokens": tokens,
+            "groups": len(groups),
+        }
+
+    return asyncio.run(serve())
+
+
 def table(result: dict) -> str:
     idle_ttft, schedulers = result["idle_ttft_s"], result["schedulers"]
     static_rate = schedulers.get("static", {}).get("tokens_per_s")
     lines = [
-        f"Admission between decode steps, {result['model']}, {result['label']}: {result['clients']} requests "
-        f"arriving every {result['gap_s']} s, {result['tokens']} tokens each; idle time to first token "
-        f"{idle_ttft:.3f} s.",
+        f"Admission between decode steps, {result['model']}, {result['label']}, through "
+        f"{result.get('path', 'the engine directly')}: {result['clients']} requests arriving every "
+        f"{result['gap_s']} s, {result['tokens']} tokens each; idle time to first token {idle_ttft:.3f} s"
+        + (f"; load average at the end {result['load_average']}" if "load_average" in result else "")
+        + ".",
         "",
         "| scheduler | TTFT p50 (s) | TTFT p95 (s) | p95 / idle | tokens/s | vs static | generators |",
         "|---|---|---|---|---|---|---|",
@@ -128,20 +172,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gap", type=float, default=0.25, help="seconds between two arrivals")
     parser.add_argument("--tokens", type=int, default=64, help="tokens each request generates")
     parser.add_argument("--groups", type=int, nargs="+", default=[1, 2, 4, 16], help="K values to compare")
+    parser.add_argument("--batcher", action="store_true", help="through the server's Batcher, not the bare engine")
     parser.add_argument("--label", default="loaded machine (2 cores shared with other jobs)")
     parser.add_argument("--report", default="admission", help="the results file and README table to write")
     args = parser.parse_args(argv)
     from slmflow.chat.onnx.engine import OnnxChatEngine
 
     engine = OnnxChatEngine(args.onnx_dir)
-    idle = [run(engine, requests(1, args.tokens), 0.0, 1)["ttft_p50_s"] for _ in range(3)]
+    serve = run_batcher if args.batcher else run
+    idle = [serve(engine, requests(1, args.tokens), 0.0, 1)["ttft_p50_s"] for _ in range(3)]
     schedulers = {
-        ("static" if k == 1 else f"groups-{k}"): run(engine, requests(args.clients, args.tokens), args.gap, k)
+        ("static" if k == 1 else f"groups-{k}"): serve(engine, requests(args.clients, args.tokens), args.gap, k)
         for k in args.groups
     }
     result = {
         "model": args.onnx_dir.name,
         "label": args.label,
+        "path": "the server's Batcher" if args.batcher else "the engine directly",
+        "load_average": [round(load, 2) for load in os.getloadavg()],
         "host_cpus": os.cpu_count(),
         "clients": args.clients,
         "gap_s": args.gap,

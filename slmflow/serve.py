@@ -12,6 +12,8 @@ import logging
 import os
 import sys
 
+from slmflow.serving.scheduling import DEFAULT_MAX_GROUPS
+
 API_KEY_ENV = "SLMFLOW_API_KEY"
 WEBHOOK_SECRET_ENV = "SLMFLOW_WEBHOOK_SECRET"
 # The generation thread holds the GIL between decode steps; with Python's default 5 ms switch
@@ -65,6 +67,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--api-key", default=None, help=f"require 'Authorization: Bearer KEY' (or set {API_KEY_ENV})")
     parser.add_argument("--max-batch-size", type=positive, default=16, help="rows generated together")
+    parser.add_argument(
+        "--max-groups",
+        type=positive,
+        default=DEFAULT_MAX_GROUPS,
+        help="batches generating at once, stepped in turns, so a request starts between decode steps instead of "
+        "waiting for the running batch; 1: static batches",
+    )
     parser.add_argument("--max-queue", type=positive, default=64, help="requests that may wait; more get 429")
     parser.add_argument("--max-body-bytes", type=positive, default=1_000_000, help="larger bodies get 413")
     parser.add_argument(
@@ -91,6 +100,7 @@ def main(argv: list[str] | None = None) -> None:
         model_uris=tuple(args.model_uri),
         api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
         max_batch_size=args.max_batch_size,
+        max_groups=args.max_groups,
         max_queue=args.max_queue,
         max_body_bytes=args.max_body_bytes,
         header_timeout_seconds=args.header_timeout,

@@ -59,6 +59,7 @@ from slmflow.serving.routes import (
     until_finished_or_disconnected,
 )
 from slmflow.serving.routing import Deployment, Route, RoutingTable, UnknownModelError, model_id
+from slmflow.serving.scheduling import DEFAULT_MAX_GROUPS
 
 log = logging.getLogger(__name__)
 RETRY_AFTER_SECONDS = 1
@@ -70,6 +71,7 @@ class ServerSettings:
     model_uris: tuple[str, ...]
     api_key: str | None = None
     max_batch_size: int = 16
+    max_groups: int = DEFAULT_MAX_GROUPS
     max_queue: int = 64
     max_body_bytes: int = 1_000_000
     header_timeout_seconds: float = 10.0
@@ -124,6 +126,7 @@ class ServerState:
             limits=served.policy.limits,
             on_batch=self.metrics.batch_size.observe,
             on_cancel=self.metrics.cancelled.inc,
+            max_groups=self.settings.max_groups,
         )
         name = route.ref.name if route.ref is not None else served.name
         return Deployment(model_id(name, version), version, Loaded(served, batcher), close=batcher.close)
@@ -252,6 +255,7 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
                     streaming="tokens" if served.streams_tokens else "whole-answer",
                     context_length=served.context_length,
                     max_batch_size=batcher.max_batch_size,
+                    max_groups=batcher.max_groups,
                     route=route.name,
                     version=deployment.version,
                     alias=route.ref.alias if route.ref is not None else None,

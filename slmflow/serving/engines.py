@@ -8,7 +8,7 @@ step with the whole text, so a streaming client gets the answer as one chunk.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,7 +131,7 @@ class PredictEngine:
     def fits(self, rows: list[PredictRow]) -> bool:
         return len(rows) <= self.max_batch_size
 
-    def decode(self, rows: list[PredictRow]) -> Iterator[None]:
+    def decode(self, rows: list[PredictRow]) -> Generator[None, None, None]:
         for row in rows:
             if row.finish_reason is None:
                 self._answer(row)

@@ -102,6 +102,7 @@ class ModelCard(BaseModel):
     streaming: Literal["tokens", "whole-answer"]
     context_length: int
     max_batch_size: int
+    max_groups: int  # batches generating at once, stepped in turns (1: static batches)
     route: str
     version: str | None
     alias: str | None

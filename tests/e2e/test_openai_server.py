@@ -52,6 +52,8 @@ def onnx_server(logged_models, tmp_path_factory):
         log,
         "--max-batch-size",
         "8",
+        "--max-groups",
+        "3",
         "--max-queue",
         "64",
         "--max-body-bytes",
@@ -133,7 +135,7 @@ def test_models_health_and_ready(onnx_server):
         and card["flavor"] == "onnx-chat"
         and card["streaming"] == "tokens"
     )
-    assert card["context_length"] == 512 and card["max_batch_size"] == 8
+    assert card["context_length"] == 512 and card["max_batch_size"] == 8 and card["max_groups"] == 3
     assert requests.get(f"{onnx_server.base}/health", timeout=30).json() == {"status": "ok"}
     assert requests.get(f"{onnx_server.base}/ready", timeout=30).status_code == 200
 
@@ -223,6 +225,50 @@ def test_32_concurrent_requests_from_4_clients_are_batched_and_all_right(onnx_se
     assert rows == 32 and batches - single >= 1 and batches < 32  # some batches held more than one request
     ok = metric_value(after, "slmflow_requests_total", route="/v1/chat/completions", status="200")
     assert ok - metric_value(before, "slmflow_requests_total", route="/v1/chat/completions", status="200") == 32
+
+
+def test_a_request_sent_during_a_long_generation_is_answered_before_it_ends_and_counted(onnx_server):
+    """With --max-groups 3 a new request starts between the long one's decode steps (static batches would
+    make it wait for all 480 tokens), gets its answer alone, and /metrics counts both."""
+    client = onnx_server.client()
+    before = onnx_server.metrics()
+    long_stream = client.chat.completions.create(
+        model=onnx_server.name,
+        messages=question("Spain"),
+        temperature=0,
+        max_tokens=480,
+        extra_body={"min_tokens": 480},
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = iter(long_stream)
+    for _, chunk in zip(range(480), chunks, strict=False):  # the role chunk comes first, before any step
+        if chunk.choices and chunk.choices[0].delta.content:
+            break  # the long one is generating
+
+    def read_to_the_end() -> tuple[int, float]:
+        usage = [chunk.usage for chunk in chunks if chunk.usage]
+        return usage[-1].completion_tokens, time.monotonic()
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        long_done = pool.submit(read_to_the_end)
+        short = client.chat.completions.create(model=onnx_server.name, messages=question("Peru"), temperature=0)
+        short_answered = time.monotonic()
+        long_tokens, long_ended = long_done.result(timeout=120)
+    assert short.choices[0].message.content == answer("Peru") and long_tokens == 480
+    assert short_answered < long_ended
+
+    ok_before = metric_value(before, "slmflow_requests_total", route="/v1/chat/completions", status="200")
+    wait_for_count(onnx_server, 200, ok_before + 2)  # a stream is counted once its last byte is sent
+    after = onnx_server.metrics()
+
+    def grew(name: str, **labels: str) -> float:
+        return metric_value(after, name, **labels) - metric_value(before, name, **labels)
+
+    assert grew("slmflow_requests_total", route="/v1/chat/completions", status="200") == 2
+    assert grew("slmflow_completion_tokens_total") == 480 + short.usage.completion_tokens
+    assert grew("slmflow_time_to_first_token_seconds_count") == 2
+    assert grew("slmflow_batch_size_count") == 2 and grew("slmflow_batch_size_sum") == 2  # two groups of one
 
 
 def test_metrics_count_requests_tokens_and_timings(onnx_server):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -131,7 +131,7 @@ class OnnxChatEngine:
             return (row.settings.batch_key(), id(row))
         return row.settings.batch_key()
 
-    def decode(self, rows: Sequence[GenerationRow], deadline: float | None = None) -> Iterator[None]:
+    def decode(self, rows: Sequence[GenerationRow], deadline: float | None = None) -> Generator[None, None, None]:
         """Generate one runtime batch of rows sharing a batch key; yield after every step.
 
         Stops when every row is finished or cancelled; rows still running at `deadline`

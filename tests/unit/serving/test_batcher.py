@@ -1,17 +1,20 @@
 """Batching across requests, in process, on the real tiny ONNX engine.
 
 `GatedEngine` pauses the engine after a given decode step until the test lets it go on, so what
-happens while a batch generates (early answers, cancelling, queueing) is checked deterministically.
+happens while a batch generates (early answers, cancelling, queueing, admission of a new group) is
+checked deterministically. It logs whose step each was (`trace`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 
+import jsonschema
 import pytest
 
-from slmflow.chat.request import ChatRequest
+from slmflow.chat.request import ChatRequest, parse_requests
 from slmflow.errors import BadRequestError, DeadlineExceededError
 from slmflow.policy import RequestLimits, SamplingSettings
 from slmflow.serving.batcher import (
@@ -22,6 +25,7 @@ from slmflow.serving.batcher import (
     Finished,
     QueueFullError,
 )
+from testkit.structured import CITY_FORMAT, CITY_SCHEMA
 
 CAPITALS = {"Spain": "Madrid", "Kenya": "Nairobi", "Peru": "Lima", "Japan": "Tokyo"}
 
@@ -43,6 +47,7 @@ class GatedEngine:
         self.paused = threading.Event()
         self.gate = threading.Event()
         self.steps = 0
+        self.trace: list[str] = []  # per step, the last message of the group's first row
 
     def __getattr__(self, name):
         return getattr(self.engine, name)
@@ -50,6 +55,7 @@ class GatedEngine:
     def decode(self, rows):
         for step, _ in enumerate(self.engine.decode(rows), start=1):
             self.steps += 1
+            self.trace.append(rows[0].request.messages[-1]["content"])
             yield None
             if step == self.pause_after:
                 self.paused.set()
@@ -130,7 +136,7 @@ def test_requests_arriving_during_a_batch_wait_and_form_the_next_one(onnx_engine
     batches: list[int] = []
 
     async def scenario():
-        batcher = Batcher(engine, max_batch_size=2, max_queue=3, on_batch=batches.append)
+        batcher = Batcher(engine, max_batch_size=2, max_queue=3, on_batch=batches.append, max_groups=1)
         try:
             first = batcher.submit(chat("Spain"), stream=False)
             await wait_for(engine.paused)
@@ -317,3 +323,81 @@ def test_the_models_total_token_limit_is_applied_to_each_request(onnx_engine):
 
     failed = asyncio.run(scenario())[-1]
     assert isinstance(failed, Failed) and failed.error.code == "request_too_large"
+
+
+# Issue 21: requests admitted between decode steps
+
+LONG = {"max_tokens": 120, "min_tokens": 120}
+JSON_QUESTION = parse_requests(
+    [{"messages": [{"role": "user", "content": "Capital of Peru?"}], "response_format": CITY_FORMAT}], None
+)[0]
+
+
+def streamed(events: list) -> str:
+    return "".join(event.text for event in events if isinstance(event, Delta))
+
+
+@pytest.mark.parametrize(
+    "late",
+    [
+        chat("Peru"),
+        chat("Kenya", stop=("Nairobi",)),
+        chat("Japan", temperature=1.5, seed=11),
+        JSON_QUESTION,
+    ],
+    ids=["greedy", "stop-string", "seeded", "json-schema"],
+)
+def test_a_request_arriving_during_a_long_generation_starts_before_it_ends_and_gets_its_answer_alone(onnx_engine, late):
+    engine = GatedEngine(onnx_engine, pause_after=3)
+
+    async def scenario():
+        alone_batcher = Batcher(onnx_engine, max_batch_size=8, max_queue=8, max_groups=1)
+        batcher = Batcher(engine, max_batch_size=8, max_queue=8, max_groups=2)
+        try:
+            alone = await collect(alone_batcher.submit(late, stream=True))
+            long = batcher.submit(chat("Spain", **LONG), stream=True)
+            await wait_for(engine.paused)
+            short = batcher.submit(late, stream=True)
+            engine.pause_after = None
+            engine.release()
+            return alone, await asyncio.gather(collect(long), collect(short))
+        finally:
+            engine.release()
+            alone_batcher.close()
+            batcher.close()
+
+    alone, (long_events, late_events) = asyncio.run(scenario())
+    assert late_events[-1].completion == alone[-1].completion
+    assert streamed(late_events) == streamed(alone) == alone[-1].completion.text
+    assert long_events[-1].completion.completion_tokens == 120
+    late_steps = [step for step, whose in enumerate(engine.trace) if whose == late.messages[-1]["content"]]
+    assert late_steps[0] == 4  # right after the step that was running when it arrived
+    assert late_steps[-1] < len(engine.trace) - 100  # it ended while the long one had about 100 tokens to go
+    if late.settings.response_format is not None:
+        jsonschema.validate(json.loads(late_events[-1].completion.text), CITY_SCHEMA)
+
+
+def test_a_burst_beside_a_long_generation_gets_what_each_gets_alone(onnx_engine):
+    late = [chat(country, **settings) for country in CAPITALS for settings in ({}, {"max_tokens": 3})]
+    engine = GatedEngine(onnx_engine)
+    batches: list[int] = []
+
+    async def scenario():
+        batcher = Batcher(engine, max_batch_size=3, max_queue=16, max_groups=3, on_batch=batches.append)
+        try:
+            alone = [await collect(batcher.submit(request, stream=False)) for request in late]
+            engine.pause_after = 2
+            long = batcher.submit(chat("Spain", **LONG), stream=True)
+            await wait_for(engine.paused)
+            engine.pause_after = None
+            together = [batcher.submit(request, stream=index % 2 == 0) for index, request in enumerate(late)]
+            engine.release()
+            return alone, await asyncio.gather(collect(long), *(collect(ticket) for ticket in together))
+        finally:
+            engine.release()
+            batcher.close()
+
+    alone, (long_events, *together) = asyncio.run(scenario())
+    assert [events[-1].completion for events in together] == [events[-1].completion for events in alone]
+    assert long_events[-1].completion.completion_tokens == 120
+    assert batches[len(late) + 1 :] == [3, 3, 2]  # the burst in groups of at most 3, beside the long one
