@@ -60,7 +60,7 @@ class TrainingFacts:
 def served_code_hash(flavor: str) -> str:
     """The code a registered version of this flavor runs: the module that logs it and all it imports, and the
     pins; not the pipeline's other code (a change to the server or the evaluation registers nothing new)."""
-    return module_digest(FLAVOR_MODULES[flavor])
+    return module_digest(FLAVOR_MODULES[tags.flavor_of(flavor)])
 
 
 def registration_identity(
@@ -100,14 +100,13 @@ def registration_description(
     config: PipelineConfig, evaluation: Evaluation, source_revision: str, training: TrainingFacts | None = None
 ) -> str:
     """Where the version comes from (and what it was trained on) and why it was chosen, with the numbers."""
-    gap = evaluation.onnx_vs_transformers()
-    chosen = choose_candidate(evaluation.candidates, config.registry.selection, gap)
+    chosen = choose_candidate(evaluation.candidates, config.registry.selection, evaluation.accuracy_gap)
     trained = f"{training.describe()}\n\n" if training is not None else ""
     return (
         f"{chosen.flavor} chat model from {_source_label(config)} at revision {source_revision}, "
         f"evaluated on {eval_set_name(config.evaluation)} (evaluate run {evaluation.run_id}).\n\n"
         + trained
-        + explain_choice(evaluation.candidates, config.registry.selection, gap)
+        + explain_choice(evaluation.candidates, config.registry.selection, evaluation.accuracy_gap)
     )
 
 
