@@ -47,7 +47,7 @@ def paired_between(
         return None
     if statistic == "latency_ratio":
         return Interval(1 / turned.estimate, 1 / turned.high, 1 / turned.low, confidence)
-    return Interval(-turned.estimate, -turned.high, -turned.low, confidence)
+    return Interval(0.0 - turned.estimate, 0.0 - turned.high, 0.0 - turned.low, confidence)  # 0.0 - x: never -0.0
 
 
 # (candidate, baseline) -> the paired interval on candidate - baseline accuracy, None when not measured.

@@ -464,3 +464,5 @@ def test_a_pair_logged_the_other_way_round_is_turned():
     assert paired_between(comparisons, "b", "a", "accuracy", 0.95) == Interval(-0.1, -0.2, 0.05, 0.95)
     assert paired_between(comparisons, "b", "a", "latency_ratio", 0.95) == Interval(2.0, 1.25, 2.5, 0.95)
     assert paired_between(comparisons, "a", "c", "accuracy", 0.95) is None
+    identical = {"a_vs_b/accuracy": 0.0, "a_vs_b/accuracy_ci_low": 0.0, "a_vs_b/accuracy_ci_high": 0.0}
+    assert str(paired_between(identical, "b", "a", "accuracy", 0.95)) == "+0.000 [+0.000, +0.000] (95%)"
