@@ -116,3 +116,4 @@ ALIASES_SET = "aliases_set"  # a version's last write: without it, a killed job 
 FLAVOR = "flavor"
 IDENTITY = ("source_revision", "config_hash", "code_hash")  # the same three never get a second version
 DATASET_IDENTITY = "dataset_digest"  # and, for a fine-tuned version, the training set it was trained on
+CANDIDATE_IDENTITY = "candidate"  # and, among several source.builder variants, the one registered

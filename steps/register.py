@@ -31,7 +31,9 @@ def register(args, config, settings) -> None:
     require_base = config.training is not None and config.training.require_improvement_over_base
     result = Registrar(config.registry, client, require_improvement_over_base=require_base).register(
         candidate,
-        registration_identity(config, args.source_revision, served_code_hash(candidate.flavor), training),
+        registration_identity(
+            config, args.source_revision, served_code_hash(candidate.flavor), training, candidate.flavor
+        ),
         registration_tags(config, candidate, args.evaluate_run_id, git_commit, training),
         registration_description(config, evaluation, args.source_revision, training),
         evaluation,

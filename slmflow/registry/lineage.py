@@ -64,9 +64,15 @@ def served_code_hash(flavor: str) -> str:
 
 
 def registration_identity(
-    config: PipelineConfig, source_revision: str, code_hash: str, training: TrainingFacts | None = None
+    config: PipelineConfig,
+    source_revision: str,
+    code_hash: str,
+    training: TrainingFacts | None = None,
+    candidate: str = "",
 ) -> dict[str, str]:
-    """A fine-tuned version's revision is its weights' digest; the training set's digest is named beside it."""
+    """A fine-tuned version's revision is its weights' digest; the training set's digest is named beside it.
+    With several source.builder variants the chosen `candidate` is named too: the variants share the code and
+    the config, not the weights, so a run choosing another variant registers it."""
     identity = {
         "source_revision": source_revision,
         "config_hash": config.section_hash(*SERVED_SECTIONS),
@@ -74,6 +80,8 @@ def registration_identity(
     }
     if training is not None:
         identity[tags.DATASET_IDENTITY] = training.dataset_digest
+    if len(config.source.variants) > 1:
+        identity[tags.CANDIDATE_IDENTITY] = candidate
     return identity
 
 
