@@ -55,7 +55,7 @@ class OnnxVariant(_Section):
     subfolder: str = ""
 
 
-VARIANT_NAME_PATTERN = r"^[a-z0-9][a-z0-9.-]*$"
+VARIANT_NAME_PATTERN = r"^[a-z0-9][a-z0-9-]*$"  # a tag, an artifact folder and a model name
 
 
 class BuilderOptions(_Section):

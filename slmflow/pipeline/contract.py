@@ -130,7 +130,8 @@ STEPS: dict[str, StepContract] = {
         ),
         StepContract(
             "evaluate",
-            "Measure both logged chat models and the champion on the same eval items: quality, speed, paired gaps.",
+            "Measure the logged chat models (each ONNX variant, transformers-chat) and the champion on the same eval "
+            "items: quality, speed, paired gaps.",
             (
                 CONFIG,
                 Parameter(
