@@ -11,10 +11,19 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Literal, TypedDict
+from typing import Annotated, Literal, TypedDict
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from slmflow.digests import sha256_file
 from slmflow.errors import ConfigError
@@ -46,14 +55,41 @@ class OnnxVariant(_Section):
     subfolder: str = ""
 
 
+VARIANT_NAME_PATTERN = r"^[a-z0-9][a-z0-9-]*$"  # a tag, an artifact folder and a model name
+
+
 class BuilderOptions(_Section):
-    """Options for `onnxruntime_genai.models.builder` when no prebuilt variant is given."""
+    """Options for `onnxruntime_genai.models.builder` when no prebuilt variant is given: one variant."""
 
     precision: Literal["int4", "fp32", "fp16"] = "int4"
     execution_provider: Literal["cpu"] = "cpu"
     # 32: on SmolLM2-135M, int4 at block 128 answered 16 of 50 capitals right, at block 32 as many as fp32 (35).
     block_size: int = Field(32, ge=16)
     accuracy_level: int = Field(4, ge=0, le=4)
+    # Names the variant's model (`onnx-chat-<name>`) when several are built; null: derived from the options.
+    name: str | None = Field(None, pattern=VARIANT_NAME_PATTERN, max_length=40)
+
+    @property
+    def variant_name(self) -> str:
+        """`int4-b32` (with `-a<level>` when the accuracy level is not 4), `fp32`, `fp16`, or the explicit name."""
+        if self.name is not None:
+            return self.name
+        if self.precision != "int4":
+            return self.precision
+        level = "" if self.accuracy_level == 4 else f"-a{self.accuracy_level}"
+        return f"int4-b{self.block_size}{level}"
+
+
+def _builders_kind(value: object) -> str:
+    return SEVERAL_VARIANTS if isinstance(value, list | tuple) else ONE_VARIANT
+
+
+# Tagged so that an error names `source.builder.0.block_size`, not both union members (see `_describe`).
+ONE_VARIANT, SEVERAL_VARIANTS = "one variant", "several variants"
+Builders = Annotated[
+    Annotated[BuilderOptions, Tag(ONE_VARIANT)] | Annotated[tuple[BuilderOptions, ...], Tag(SEVERAL_VARIANTS)],
+    Discriminator(_builders_kind),
+]
 
 
 class SourceConfig(_Section):
@@ -73,7 +109,9 @@ class SourceConfig(_Section):
         "*.py",
     )
     onnx: OnnxVariant | None = None
-    builder: BuilderOptions = BuilderOptions()
+    # One mapping: one variant, named as it always was (`onnx-chat`). A list: each variant is built, logged as
+    # `onnx-chat-<name>`, evaluated on the same items, and register picks among them (registry.selection).
+    builder: Builders = BuilderOptions()
     trust_remote_code: bool = False
     # A Jinja file (relative to the config) used as the chat template instead of the model's own, or where
     # it has none (a base model's GGUF).
@@ -96,6 +134,31 @@ class SourceConfig(_Section):
             if self.model.startswith(prefix):
                 return self.model[len(prefix) :]
         return self.model
+
+    @property
+    def variants(self) -> tuple[BuilderOptions, ...]:
+        return self.builder if isinstance(self.builder, tuple) else (self.builder,)
+
+    @property
+    def variant_labels(self) -> dict[str, BuilderOptions]:
+        """Each variant by the label its outputs and models carry: "" for a single one (today's names)."""
+        if len(self.variants) == 1:
+            return {"": self.variants[0]}
+        return {options.variant_name: options for options in self.variants}
+
+    @model_validator(mode="after")
+    def _variants_are_named_apart(self) -> SourceConfig:
+        names = [options.variant_name for options in self.variants]
+        if not names:
+            raise ValueError("source.builder: the list of variants is empty (give one mapping or a list of them)")
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(
+                f"source.builder: variant names must differ, {', '.join(repeated)} is repeated (set `name` on one)"
+            )
+        if len(names) > 1 and self.onnx is not None:
+            raise ValueError("source.builder: several variants are built by the builder, not taken from source.onnx")
+        return self
 
     @model_validator(mode="after")
     def _hub_needs_a_pinned_revision(self) -> SourceConfig:
@@ -325,6 +388,12 @@ class PipelineConfig(_Section):
     training: TrainingConfig | None = None
 
     @model_validator(mode="after")
+    def _one_variant_to_fine_tune(self) -> PipelineConfig:
+        if self.training is not None and len(self.source.variants) > 1:
+            raise ValueError("source.builder: training builds one variant of the fine-tuned model; give one mapping")
+        return self
+
+    @model_validator(mode="after")
     def _suite_split_needs_a_split_suite(self) -> PipelineConfig:
         from_suite = self.training is not None and isinstance(self.training.dataset, SuiteSplitDataset)
         if from_suite and (self.evaluation.suite is None or self.evaluation.split is None):
@@ -415,7 +484,8 @@ def load_config(path: str | os.PathLike[str]) -> PipelineConfig:
 def _describe(error: ValidationError) -> str:
     lines = []
     for problem in error.errors():
-        key = ".".join(str(part) for part in problem["loc"]) or "(top level)"
+        key = ".".join(str(part) for part in problem["loc"] if part not in (ONE_VARIANT, SEVERAL_VARIANTS))
+        key = key or "(top level)"
         if problem["type"] == "extra_forbidden":
             lines.append(f"  {key}: unknown key")
         else:

@@ -20,6 +20,17 @@ EXPERIMENT_KIND_MODEL_DEVELOPMENT = "custom_model_development"
 ONNX_MODEL_NAME = "onnx-chat"
 TRANSFORMERS_MODEL_NAME = "transformers-chat"
 
+
+def onnx_model_name(variant: str) -> str:
+    """A source.builder variant's model: `onnx-chat-int4-b32`; the single variant (label "") keeps `onnx-chat`."""
+    return f"{ONNX_MODEL_NAME}-{variant}" if variant else ONNX_MODEL_NAME
+
+
+def flavor_of(model_name: str) -> str:
+    """The flavor a candidate's model name belongs to: every ONNX variant is `onnx-chat`."""
+    return ONNX_MODEL_NAME if model_name.startswith(ONNX_MODEL_NAME + "-") else model_name
+
+
 # Step runs.
 ERROR = "slmflow.error"  # why a step failed, in one line
 CONFIG_HASH = "slmflow.config_hash"
@@ -36,6 +47,14 @@ CHAMPION_MODEL_NAME = "champion"
 DELTA_PREFIX = "delta/"
 ONNX_VS_TRANSFORMERS = "onnx_vs_transformers"
 NO_CHAMPION = "none"  # the evaluate step's champion parameter when there is nothing to measure
+
+
+def versus(candidate: str, baseline: str) -> str:
+    """The paired comparison of two candidates: `onnx_vs_transformers` for the two flavors as always,
+    `onnx-chat-int4-b16_vs_onnx-chat-int4-b32` between variants."""
+    if (candidate, baseline) == (ONNX_MODEL_NAME, TRANSFORMERS_MODEL_NAME):
+        return ONNX_VS_TRANSFORMERS
+    return f"{candidate}_vs_{baseline}"
 
 
 def versus_champion(model: str) -> str:
@@ -97,3 +116,4 @@ ALIASES_SET = "aliases_set"  # a version's last write: without it, a killed job 
 FLAVOR = "flavor"
 IDENTITY = ("source_revision", "config_hash", "code_hash")  # the same three never get a second version
 DATASET_IDENTITY = "dataset_digest"  # and, for a fine-tuned version, the training set it was trained on
+CANDIDATE_IDENTITY = "candidate"  # and, among several source.builder variants, the one registered

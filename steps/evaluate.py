@@ -1,5 +1,5 @@
-"""Measure both logged chat models, and the champion when there is one, on the same eval items: quality,
-speed and the paired comparisons the gates read."""
+"""Measure the logged chat models (both flavors, each ONNX variant), and the champion when there is one, on the
+same eval items: quality, speed and the paired comparisons the gates read."""
 
 import tempfile
 from pathlib import Path
@@ -11,6 +11,7 @@ from slmflow.evaluation.comparison import lm_eval_metrics
 from slmflow.evaluation.dataset import load_examples
 from slmflow.evaluation.lm_eval_runs import score_models
 from slmflow.evaluation.lm_eval_tasks import load_task
+from slmflow.evaluation.model_uris import split_named_uris
 from slmflow.evaluation.reporting import log_reports
 from slmflow.evaluation.runner import evaluate_model, expected_plan
 from slmflow.pipeline.contract import STEPS
@@ -19,8 +20,9 @@ from slmflow.pipeline.step import run_step
 
 def evaluate(args, config, settings) -> None:
     examples = load_examples(config.evaluation)
+    # One onnx-chat model, or one per source.builder variant (`onnx-chat-<variant>`), all on the same items.
     measured = [
-        (tags.ONNX_MODEL_NAME, args.onnx_model_uri),
+        *split_named_uris(args.onnx_model_uri, tags.ONNX_MODEL_NAME).items(),
         (tags.TRANSFORMERS_MODEL_NAME, args.transformers_model_uri),
     ]
     with_champion = args.champion_model_uri != tags.NO_CHAMPION

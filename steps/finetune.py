@@ -51,7 +51,8 @@ def train(args, config, settings) -> None:
 
     checkpoint_content = tree_digest(result.checkpoint_dir)
     # Built inside the folder, so it goes with it: a fine-tuned model's weights are never another step's.
-    onnx_dir = build_onnx(result.checkpoint_dir, folder / "onnx", config.source.builder)
+    # One variant: PipelineConfig refuses several with training.
+    onnx_dir = build_onnx(result.checkpoint_dir, folder / "onnx", config.source.variants[0])
     mlflow.log_metrics(
         {
             "dataset_rows": len(rows),

@@ -25,13 +25,15 @@ def register(args, config, settings) -> None:
     if (config.training is None) != (args.training_run_id == ""):
         raise ConfigError("training_run_id: name the finetune run exactly when the config has a training section")
     training = TrainingFacts.from_run(client.get_run(args.training_run_id)) if args.training_run_id else None
-    candidate = choose_candidate(evaluation.candidates, config.registry.selection, evaluation.onnx_vs_transformers())
+    candidate = choose_candidate(evaluation.candidates, config.registry.selection, evaluation.accuracy_gap)
     git_commit = client.get_run(mlflow.active_run().info.run_id).data.tags.get(tags.GIT_COMMIT, "")
     mlflow.log_params({"candidate_flavor": candidate.flavor, "candidate_model_uri": candidate.model_uri})
     require_base = config.training is not None and config.training.require_improvement_over_base
     result = Registrar(config.registry, client, require_improvement_over_base=require_base).register(
         candidate,
-        registration_identity(config, args.source_revision, served_code_hash(candidate.flavor), training),
+        registration_identity(
+            config, args.source_revision, served_code_hash(candidate.flavor), training, candidate.flavor
+        ),
         registration_tags(config, candidate, args.evaluate_run_id, git_commit, training),
         registration_description(config, evaluation, args.source_revision, training),
         evaluation,

@@ -56,7 +56,7 @@ def tiny_config():
 def tiny_onnx(tiny_checkpoint, cache_dir, tiny_config) -> Path:
     from slmflow.fetch.onnx_build import build_onnx
 
-    builder = tiny_config.source.builder
+    builder = tiny_config.source.variants[0]
     target = cache_dir / "onnx" / f"tests-tiny-int4-b{builder.block_size}-a{builder.accuracy_level}"
     return build_onnx(tiny_checkpoint, target, builder)
 

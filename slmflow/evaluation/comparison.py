@@ -1,5 +1,5 @@
 """The evaluation's statistics as MLflow metric names: each model's accuracy with its interval and per
-skill, and the paired differences (candidate - champion, onnx - transformers). Pure: reports in, numbers out."""
+skill, and the paired differences (candidate - champion, between candidates). Pure: reports in, numbers out."""
 
 from __future__ import annotations
 
@@ -81,13 +81,16 @@ def comparison_metrics(
 
 
 def model_pairs(models: Mapping[str, object]) -> dict[str, tuple[str, str]]:
-    """The compared pairs among these model names: onnx against transformers, every candidate against the
+    """The compared pairs among these model names: every candidate against every later one (onnx against
+    transformers; each ONNX variant against the other variants and transformers), every candidate against the
     champion (when there is one): pair name -> (candidate, baseline)."""
-    pairs: dict[str, tuple[str, str]] = {}
-    if tags.ONNX_MODEL_NAME in models and tags.TRANSFORMERS_MODEL_NAME in models:
-        pairs[tags.ONNX_VS_TRANSFORMERS] = (tags.ONNX_MODEL_NAME, tags.TRANSFORMERS_MODEL_NAME)
+    others = [name for name in models if name != tags.CHAMPION_MODEL_NAME]
+    pairs = {
+        tags.versus(candidate, baseline): (candidate, baseline)
+        for index, candidate in enumerate(others)
+        for baseline in others[index + 1 :]
+    }
     if tags.CHAMPION_MODEL_NAME in models:
-        others = [name for name in models if name != tags.CHAMPION_MODEL_NAME]
         pairs.update({tags.versus_champion(name): (name, tags.CHAMPION_MODEL_NAME) for name in others})
     return pairs
 

@@ -7,6 +7,7 @@ the champion to `evaluate` as a registered version, `models:/<name>/<version>`.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
 MODELS_SCHEME = "models:/"
@@ -42,3 +43,21 @@ def resolve_logged_model_id(model_uri: str, client: Any = None) -> str:
         raise ValueError(
             f"{model_uri} names a registered version with no logged model (source {registered.source})"
         ) from None
+
+
+def join_named_uris(uris: Mapping[str, str]) -> str:
+    """Several models in one step parameter: `name=uri name=uri` (one source.builder variant each)."""
+    for name, uri in uris.items():
+        if not name or "=" in name or " " in name or " " in uri:
+            raise ValueError(f"cannot name model {uri!r} as {name!r} in a step parameter")
+    return " ".join(f"{name}={uri}" for name, uri in uris.items())
+
+
+def split_named_uris(value: str, single_name: str) -> dict[str, str]:
+    """`join_named_uris`'s models by name; a plain URI is the one model, named `single_name`."""
+    if "=" not in value:
+        return {single_name: value}
+    named = {name: uri for name, _, uri in (part.partition("=") for part in value.split())}
+    if not all(named) or not all(named.values()):
+        raise ValueError(f"'{value}' is neither a model URI nor space-separated name=uri pairs")
+    return named

@@ -32,20 +32,31 @@ class FetchedModel:
     source: str
     revision: str
     checkpoint_dir: Path
-    onnx_dir: Path
+    onnx_dirs: dict[str, Path]  # by variant label (`SourceConfig.variant_labels`): "" for the single variant
     onnx_origin: str
     files: dict[str, str] = field(default_factory=dict)
     gguf: dict | None = None  # sha256, architecture and quantization of a GGUF source
 
+    @property
+    def onnx_dir(self) -> Path:
+        """The ONNX folder of the first (usually the only) variant."""
+        return next(iter(self.onnx_dirs.values()))
+
     def content(self, part: str) -> str:
-        """Digest of the fetched `checkpoint` or `onnx` files."""
+        """Digest of the fetched `checkpoint` files or of one variant's ONNX files (`onnx_part(label)`)."""
         prefix = part + "/"
         return digest_of({k[len(prefix) :]: v for k, v in self.files.items() if k.startswith(prefix)})
 
     def manifest(self) -> dict:
         data = asdict(self)
-        data["checkpoint_dir"], data["onnx_dir"] = str(self.checkpoint_dir), str(self.onnx_dir)
+        data["checkpoint_dir"] = str(self.checkpoint_dir)
+        data["onnx_dirs"] = {label: str(folder) for label, folder in self.onnx_dirs.items()}
         return data
+
+
+def onnx_part(label: str) -> str:
+    """Where a variant's ONNX files are among the fetched files and the run's artifacts: `onnx`, `onnx-int4-b32`."""
+    return f"onnx-{label}" if label else "onnx"
 
 
 def resolve_revision(source: SourceConfig, settings: Settings, resolve_commit: CommitResolver | None = None) -> str:
@@ -117,21 +128,27 @@ def fetch_model(
             settings,
             snapshot_download,
         )
-        onnx_dir = snapshot / variant.subfolder
+        onnx_dirs = {"": snapshot / variant.subfolder}
         onnx_origin = f"{variant.repo}@{snapshot.name}/{variant.subfolder}"
-        if not (onnx_dir / "genai_config.json").is_file():
+        if not (onnx_dirs[""] / "genai_config.json").is_file():
             raise SourceError(f"ONNX variant {variant.repo}/{variant.subfolder} has no genai_config.json")
     else:
-        onnx_dir = build_onnx_cached(checkpoint, digest_of(checkpoint_files), settings.cache_dir, source.builder)
-        onnx_origin = f"builder:{source.builder.precision}"
+        # Each variant is cached by the checkpoint's content and its own options: changing one builds only it.
+        content = digest_of(checkpoint_files)
+        onnx_dirs = {
+            label: build_onnx_cached(checkpoint, content, settings.cache_dir, options)
+            for label, options in source.variant_labels.items()
+        }
+        onnx_origin = "builder:" + ",".join(options.precision for options in source.variants)
 
     files = {f"checkpoint/{k}": v for k, v in checkpoint_files.items()}
-    files.update({f"onnx/{k}": v for k, v in file_digests(onnx_dir).items()})
+    for label, onnx_dir in onnx_dirs.items():
+        files.update({f"{onnx_part(label)}/{k}": v for k, v in file_digests(onnx_dir).items()})
     return FetchedModel(
         source=source.model,
         revision=resolved,
         checkpoint_dir=checkpoint,
-        onnx_dir=onnx_dir,
+        onnx_dirs=onnx_dirs,
         onnx_origin=onnx_origin,
         files=files,
         gguf=gguf,

@@ -86,19 +86,24 @@ def onnx_chat_signature() -> ModelSignature:
     return ModelSignature(inputs=inputs, outputs=CHAT_MODEL_OUTPUT_SCHEMA, params=params)
 
 
-def generation_model_config(generation: GenerationConfig, runtime: RuntimeConfig) -> dict[str, Any]:
+def generation_model_config(
+    generation: GenerationConfig, runtime: RuntimeConfig, name: str = tags.ONNX_MODEL_NAME
+) -> dict[str, Any]:
     """The serving policy, the runtime settings and the served name: what `OnnxChatModel.load_context` reads."""
-    return {**generation.serving_policy().as_mapping(), **runtime.model_dump(), "model_name": tags.ONNX_MODEL_NAME}
+    return {**generation.serving_policy().as_mapping(), **runtime.model_dump(), "model_name": name}
 
 
-def log_onnx_chat_model(onnx_dir: Path, generation: GenerationConfig, runtime: RuntimeConfig) -> str:
-    """Log the ONNX folder as a models-from-code pyfunc; return its `models:/<model_id>` URI."""
+def log_onnx_chat_model(
+    onnx_dir: Path, generation: GenerationConfig, runtime: RuntimeConfig, name: str = tags.ONNX_MODEL_NAME
+) -> str:
+    """Log the ONNX folder as a models-from-code pyfunc named `name` (a variant's `onnx-chat-<variant>`); return
+    its `models:/<model_id>` URI."""
     info = mlflow.pyfunc.log_model(
-        name=tags.ONNX_MODEL_NAME,
+        name=name,
         python_model=str(module_file(ENTRY_MODULE)),
         artifacts={ONNX_ARTIFACT: str(onnx_dir)},
         code_paths=[str(PACKAGE_DIR)],
-        model_config=generation_model_config(generation, runtime),
+        model_config=generation_model_config(generation, runtime, name),
         signature=onnx_chat_signature(),
         input_example=CHAT_EXAMPLE,
         pip_requirements=pinned_requirements(*ONNX_REQUIREMENTS),

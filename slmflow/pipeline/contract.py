@@ -50,6 +50,8 @@ class StepContract:
     # module's closure then, and not otherwise (lm-eval tasks start the OpenAI server: a server fix must not
     # redo every evaluate).
     optional_code: tuple[tuple[str, str], ...] = ()
+    # Outputs recorded once per source.builder variant when there are several: `onnx_uri.int4-b32`.
+    variant_outputs: tuple[str, ...] = ()
 
     @property
     def command(self) -> str:
@@ -69,7 +71,10 @@ class StepContract:
         return parser
 
     def check_outputs(self, names: Mapping[str, object] | tuple[str, ...]) -> None:
-        unknown = sorted(set(names) - set(self.outputs))
+        declared = set(self.outputs)
+        unknown = sorted(
+            name for name in names if name not in declared and name.partition(".")[0] not in self.variant_outputs
+        )
         if unknown:
             raise ValueError(f"step '{self.entry_point}' declares no output {', '.join(unknown)}")
 
@@ -90,6 +95,7 @@ STEPS: dict[str, StepContract] = {
             (CONFIG, Parameter("revision", "the source revision main resolved", RESOLVE_REVISION)),
             outputs=("checkpoint_uri", "onnx_uri", "source_revision"),
             sections=("source",),
+            variant_outputs=("onnx_uri",),
         ),
         StepContract(
             "finetune",
@@ -106,8 +112,12 @@ STEPS: dict[str, StepContract] = {
         ),
         StepContract(
             "log_onnx_wrapper",
-            "Log the ONNX GenAI folder as the `onnx-chat` pyfunc chat model.",
-            (CONFIG, Parameter("onnx_uri", "runs:/ URI of the ONNX GenAI folder")),
+            "Log the ONNX GenAI folder as the `onnx-chat` pyfunc chat model (`onnx-chat-<variant>` for a variant).",
+            (
+                CONFIG,
+                Parameter("onnx_uri", "runs:/ URI of the ONNX GenAI folder"),
+                Parameter("variant", "the source.builder variant's name when there are several, else empty", ""),
+            ),
             outputs=("model_uri",),
             sections=("generation", "runtime"),
         ),
@@ -120,10 +130,15 @@ STEPS: dict[str, StepContract] = {
         ),
         StepContract(
             "evaluate",
-            "Measure both logged chat models and the champion on the same eval items: quality, speed, paired gaps.",
+            "Measure the logged chat models (each ONNX variant, transformers-chat) and the champion on the same eval "
+            "items: quality, speed, paired gaps.",
             (
                 CONFIG,
-                Parameter("onnx_model_uri", "models:/ URI of the onnx-chat model"),
+                Parameter(
+                    "onnx_model_uri",
+                    "models:/ URI of the onnx-chat model; with several variants `onnx-chat-<variant>=<uri>`, "
+                    "space-separated",
+                ),
                 Parameter("transformers_model_uri", "models:/ URI of the transformers-chat model"),
                 Parameter(
                     "champion_model_uri",
@@ -192,6 +207,11 @@ KUBERNETES_HEADER = """\
 # builds FROM the base image below (deploy/Dockerfile: Python, requirements.txt, Java, as the
 # CronJob), so each step runs the same code as a local `mlflow run`.
 """
+
+
+def variant_output(name: str, label: str) -> str:
+    """A per-variant output's name: `onnx_uri` for the single variant (label ""), `onnx_uri.int4-b32` otherwise."""
+    return f"{name}.{label}" if label else name
 
 
 def mlproject(kubernetes: bool = False) -> dict:

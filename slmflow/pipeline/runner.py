@@ -24,8 +24,9 @@ from slmflow import tags
 from slmflow.code import PROJECT_DIR, code_digest, module_digest
 from slmflow.config import PipelineConfig, Settings
 from slmflow.errors import StepFailedError
+from slmflow.evaluation.model_uris import join_named_uris, split_named_uris
 from slmflow.fetch.sources import resolve_revision
-from slmflow.pipeline.contract import STEPS, StepContract
+from slmflow.pipeline.contract import STEPS, StepContract, variant_output
 from slmflow.pipeline.step import (
     CACHE_KEY_ENV,
     set_outputs,
@@ -187,6 +188,27 @@ def champion_to_measure(model_name: str, candidate_uris: list[str]) -> Handoff:
     return Handoff(f"models:/{model_name}/{version.version}", champion_model_uri(version))
 
 
+def log_onnx_variants(runner: StepRunner, config: PipelineConfig, config_arg: str, model: StepResult) -> Handoff:
+    """log_onnx_wrapper once per source.builder variant (a change to one variant relogs only it), handed on to
+    evaluate as one parameter: the single variant's URI as always, or `onnx-chat-<variant>=<uri>` pairs."""
+    logged = {}
+    for label in config.source.variant_labels:
+        parameters: dict[str, str | Handoff] = {
+            "config": config_arg,
+            "onnx_uri": model.output(variant_output("onnx_uri", label)),
+        }
+        if label:
+            parameters["variant"] = label
+        step = runner.run("log_onnx_wrapper", parameters, label=variant_output("log_onnx_wrapper", label))
+        logged[tags.onnx_model_name(label)] = step.output("model_uri")
+    if len(logged) == 1:
+        return next(iter(logged.values()))
+    return Handoff(
+        join_named_uris({name: handoff.value for name, handoff in logged.items()}),
+        join_named_uris({name: handoff.content for name, handoff in logged.items()}),
+    )
+
+
 def run_pipeline(config: PipelineConfig, config_arg: str, use_cache: bool, settings: Settings) -> dict[str, str]:
     """fetch_model -> [finetune] -> log_onnx_wrapper / log_transformers_pipeline -> evaluate -> register."""
     if config.training is not None:
@@ -208,15 +230,16 @@ def run_pipeline(config: PipelineConfig, config_arg: str, use_cache: bool, setti
             },
         )
         training_run = {"training_run_id": model.run.info.run_id}
-    onnx = runner.run("log_onnx_wrapper", {"config": config_arg, "onnx_uri": model.output("onnx_uri")})
+    onnx = log_onnx_variants(runner, config, config_arg, model)
     transformers = runner.run(
         "log_transformers_pipeline", {"config": config_arg, "checkpoint_uri": model.output("checkpoint_uri")}
     )
-    candidates = {
-        "onnx_model_uri": onnx.output("model_uri"),
-        "transformers_model_uri": transformers.output("model_uri"),
-    }
-    champion = champion_to_measure(config.registry.model_name, [c.value for c in candidates.values()])
+    candidates = {"onnx_model_uri": onnx, "transformers_model_uri": transformers.output("model_uri")}
+    candidate_uris = [
+        *split_named_uris(onnx.value, tags.ONNX_MODEL_NAME).values(),
+        transformers.output("model_uri").value,
+    ]
+    champion = champion_to_measure(config.registry.model_name, candidate_uris)
     bases: dict[str, str | Handoff] = {}
     if config.training is not None and config.training.require_improvement_over_base:
         # The base, not fine-tuned, logged in both flavors from what fetch_model handed on, for evaluate to
@@ -244,7 +267,7 @@ def run_pipeline(config: PipelineConfig, config_arg: str, use_cache: bool, setti
         },
     )
     summary = {
-        "onnx_model_uri": onnx.output("model_uri").value,
+        "onnx_model_uri": onnx.value,
         "transformers_model_uri": transformers.output("model_uri").value,
         "registered_model": registered.output("registered_model").value,
         "registered_version": registered.output("registered_version").value,

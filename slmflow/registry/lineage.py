@@ -60,13 +60,19 @@ class TrainingFacts:
 def served_code_hash(flavor: str) -> str:
     """The code a registered version of this flavor runs: the module that logs it and all it imports, and the
     pins; not the pipeline's other code (a change to the server or the evaluation registers nothing new)."""
-    return module_digest(FLAVOR_MODULES[flavor])
+    return module_digest(FLAVOR_MODULES[tags.flavor_of(flavor)])
 
 
 def registration_identity(
-    config: PipelineConfig, source_revision: str, code_hash: str, training: TrainingFacts | None = None
+    config: PipelineConfig,
+    source_revision: str,
+    code_hash: str,
+    training: TrainingFacts | None = None,
+    candidate: str = "",
 ) -> dict[str, str]:
-    """A fine-tuned version's revision is its weights' digest; the training set's digest is named beside it."""
+    """A fine-tuned version's revision is its weights' digest; the training set's digest is named beside it.
+    With several source.builder variants the chosen `candidate` is named too: the variants share the code and
+    the config, not the weights, so a run choosing another variant registers it."""
     identity = {
         "source_revision": source_revision,
         "config_hash": config.section_hash(*SERVED_SECTIONS),
@@ -74,6 +80,8 @@ def registration_identity(
     }
     if training is not None:
         identity[tags.DATASET_IDENTITY] = training.dataset_digest
+    if len(config.source.variants) > 1:
+        identity[tags.CANDIDATE_IDENTITY] = candidate
     return identity
 
 
@@ -100,14 +108,13 @@ def registration_description(
     config: PipelineConfig, evaluation: Evaluation, source_revision: str, training: TrainingFacts | None = None
 ) -> str:
     """Where the version comes from (and what it was trained on) and why it was chosen, with the numbers."""
-    gap = evaluation.onnx_vs_transformers()
-    chosen = choose_candidate(evaluation.candidates, config.registry.selection, gap)
+    chosen = choose_candidate(evaluation.candidates, config.registry.selection, evaluation.accuracy_gap)
     trained = f"{training.describe()}\n\n" if training is not None else ""
     return (
         f"{chosen.flavor} chat model from {_source_label(config)} at revision {source_revision}, "
         f"evaluated on {eval_set_name(config.evaluation)} (evaluate run {evaluation.run_id}).\n\n"
         + trained
-        + explain_choice(evaluation.candidates, config.registry.selection, gap)
+        + explain_choice(evaluation.candidates, config.registry.selection, evaluation.accuracy_gap)
     )
 
 

@@ -25,6 +25,7 @@ from slmflow.registry.rules import (
     gate_results,
     gates_summary,
     improvement_over_base_gate,
+    paired_between,
     paired_interval,
 )
 
@@ -40,8 +41,9 @@ class Evaluation:
     champion_error: str | None
     confidence: float
 
-    def onnx_vs_transformers(self) -> Interval | None:
-        return paired_interval(self.comparisons, tags.ONNX_VS_TRANSFORMERS, "accuracy", self.confidence)
+    def accuracy_gap(self, candidate: str, baseline: str) -> Interval | None:
+        """candidate - baseline accuracy on the same items (None when the pair was not measured)."""
+        return paired_between(self.comparisons, candidate, baseline, "accuracy", self.confidence)
 
     def versus_base(self, flavor: str) -> Interval | None:
         """candidate - base accuracy, the base measured in the candidate's flavor (None when not measured)."""
@@ -176,7 +178,7 @@ class Registrar:
         import mlflow
 
         failures = gate_failures(results)
-        all_tags = {**lineage, **identity, tags.FLAVOR: candidate.flavor}
+        all_tags = {**lineage, **identity, tags.FLAVOR: tags.flavor_of(candidate.flavor)}
         all_tags.update({tags.METRIC_PREFIX + k: repr(float(v)) for k, v in candidate.metrics.items()})
         all_tags.update({tags.GATE_PREFIX + r.name: f"{'passed' if r.passed else 'failed'}: {r.text}" for r in results})
         all_tags["gates"] = "failed: " + "; ".join(failures) if failures else "passed"

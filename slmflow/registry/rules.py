@@ -8,7 +8,7 @@ measured in the run, the gates fall back to its recorded metrics and say so.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from slmflow import tags
@@ -34,49 +34,100 @@ def paired_interval(comparisons: Metrics, pair: str, statistic: str, confidence:
     return Interval(comparisons[name], comparisons[f"{name}_ci_low"], comparisons[f"{name}_ci_high"], confidence)
 
 
+def paired_between(
+    comparisons: Metrics, candidate: str, baseline: str, statistic: str, confidence: float
+) -> Interval | None:
+    """candidate against baseline (`accuracy`: the difference, `latency_ratio`: the ratio), whichever way round
+    evaluate logged the pair."""
+    logged = paired_interval(comparisons, tags.versus(candidate, baseline), statistic, confidence)
+    if logged is not None:
+        return logged
+    turned = paired_interval(comparisons, tags.versus(baseline, candidate), statistic, confidence)
+    if turned is None:
+        return None
+    if statistic == "latency_ratio":
+        return Interval(1 / turned.estimate, 1 / turned.high, 1 / turned.low, confidence)
+    return Interval(0.0 - turned.estimate, 0.0 - turned.high, 0.0 - turned.low, confidence)  # 0.0 - x: never -0.0
+
+
+# (candidate, baseline) -> the paired interval on candidate - baseline accuracy, None when not measured.
+AccuracyGap = Callable[[str, str], Interval | None]
+
+
 def _best(candidates: Mapping[str, Candidate]) -> Candidate:
     return max(candidates.values(), key=lambda c: (c.metrics["accuracy"], c.metrics["tokens_per_second"]))
 
 
-def onnx_non_inferior(onnx_vs_transformers: Interval, rule: SelectionRule) -> bool:
-    """The ONNX model is at most onnx_accuracy_margin less accurate, at the interval's confidence."""
-    return onnx_vs_transformers.low > -rule.onnx_accuracy_margin
+def _is_onnx(candidate: Candidate) -> bool:
+    return tags.flavor_of(candidate.flavor) == tags.ONNX_MODEL_NAME
 
 
-def choose_candidate(
-    candidates: Mapping[str, Candidate], rule: SelectionRule, onnx_vs_transformers: Interval | None
-) -> Candidate:
-    """Highest accuracy, ties broken by tokens/s; with prefer_onnx, the ONNX model when it is non-inferior."""
-    onnx = candidates.get(tags.ONNX_MODEL_NAME)
-    if (
-        rule.rule == "prefer_onnx"
-        and onnx is not None
-        and onnx_vs_transformers is not None
-        and onnx_non_inferior(onnx_vs_transformers, rule)
-    ):
-        return onnx
-    return _best(candidates)
+def _fastest(candidates: list[Candidate]) -> Candidate:
+    return max(candidates, key=lambda c: (c.metrics["tokens_per_second"], c.metrics["accuracy"]))
 
 
-def explain_choice(
-    candidates: Mapping[str, Candidate], rule: SelectionRule, onnx_vs_transformers: Interval | None
-) -> str:
-    """Why `choose_candidate` picks what it picks, naming each candidate's accuracy, speed and the paired gap."""
-    chosen = choose_candidate(candidates, rule, onnx_vs_transformers)
+def non_inferior(gap: Interval | None, rule: SelectionRule) -> bool:
+    """At most onnx_accuracy_margin less accurate, at the interval's confidence (a lower bound on the margin
+    is not shown non-inferior); an unmeasured gap never is."""
+    return gap is not None and gap.low > -rule.onnx_accuracy_margin
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The chosen candidate, the most accurate one, and each other ONNX model's gap to the most accurate."""
+
+    chosen: Candidate
+    most_accurate: Candidate
+    gaps: dict[str, Interval | None]
+
+
+def select_candidate(candidates: Mapping[str, Candidate], rule: SelectionRule, accuracy_gap: AccuracyGap) -> Selection:
+    """The most accurate candidate (ties broken by tokens/s); with prefer_onnx, the fastest ONNX model (of one or
+    several variants) that is non-inferior to it, the most accurate itself counting when it is an ONNX model."""
+    best = _best(candidates)
+    onnx = [c for c in candidates.values() if _is_onnx(c)]
+    gaps = {c.flavor: accuracy_gap(c.flavor, best.flavor) for c in onnx if c.flavor != best.flavor}
+    if rule.rule != "prefer_onnx":
+        return Selection(best, best, gaps)
+    eligible = [c for c in onnx if c.flavor == best.flavor or non_inferior(gaps[c.flavor], rule)]
+    return Selection(_fastest(eligible) if eligible else best, best, gaps)
+
+
+def choose_candidate(candidates: Mapping[str, Candidate], rule: SelectionRule, accuracy_gap: AccuracyGap) -> Candidate:
+    return select_candidate(candidates, rule, accuracy_gap).chosen
+
+
+def explain_choice(candidates: Mapping[str, Candidate], rule: SelectionRule, accuracy_gap: AccuracyGap) -> str:
+    """Why `choose_candidate` picks what it picks, naming each candidate's accuracy, speed and the paired gaps."""
+    selection = select_candidate(candidates, rule, accuracy_gap)
+    chosen, best = selection.chosen, selection.most_accurate
     measured = "; ".join(
         f"{c.flavor}: accuracy {c.metrics['accuracy']:.3f}, {c.metrics['tokens_per_second']:.1f} tokens/s"
         for c in candidates.values()
     )
-    gap = f"onnx - transformers accuracy {onnx_vs_transformers}" if onnx_vs_transformers else ""
-    if rule.rule == "prefer_onnx" and chosen.flavor == tags.ONNX_MODEL_NAME:
-        why = f"the ONNX model is non-inferior: {gap} lies above -{rule.onnx_accuracy_margin:.2f}"
-    elif rule.rule == "prefer_onnx" and onnx_vs_transformers is not None:
-        why = (
-            f"the ONNX model is not shown non-inferior ({gap} reaches -{rule.onnx_accuracy_margin:.2f}); "
-            "highest accuracy, ties broken by tokens/s"
-        )
+    margin = f"-{rule.onnx_accuracy_margin:.2f}"
+
+    def gap(name: str) -> str:
+        interval = selection.gaps[name]
+        if interval is None:
+            return f"{name} - {best.flavor} accuracy not measured"
+        return f"{name} - {best.flavor} accuracy {interval}"
+
+    def verdict(name: str) -> str:
+        if selection.gaps[name] is None:
+            return gap(name)
+        return f"{gap(name)} {'lies above' if non_inferior(selection.gaps[name], rule) else 'reaches'} {margin}"
+
+    gaps = "; ".join(verdict(name) for name in selection.gaps)
+    highest = "highest accuracy, ties broken by tokens/s"
+    if rule.rule != "prefer_onnx":
+        why = highest + (f"; {'; '.join(gap(name) for name in selection.gaps)}" if selection.gaps else "")
+    elif chosen.flavor != best.flavor:
+        why = f"the fastest ONNX model non-inferior to the most accurate ({best.flavor}): {verdict(chosen.flavor)}"
+    elif _is_onnx(chosen):
+        why = f"{highest}, and no faster ONNX model is shown non-inferior to it" + (f" ({gaps})" if gaps else "")
     else:
-        why = "highest accuracy, ties broken by tokens/s" + (f"; {gap}" if gap else "")
+        why = f"no ONNX model is shown non-inferior to the most accurate ({gaps or 'none measured'}); {highest}"
     return f"{chosen.flavor} chosen by rule {rule.rule}: {why} ({measured})."
 
 
@@ -107,13 +158,10 @@ def champion_evidence(
         zero, one = Interval(0.0, 0.0, 0.0, confidence), Interval(1.0, 1.0, 1.0, confidence)
         return ChampionEvidence(version, "is this very model", zero, one)
     others = [c for c in candidates.values() if c.model_uri == champion_model_uri]
-    if others:  # the champion is the other flavor of this run: the onnx - transformers gap, turned as needed
-        accuracy = paired_interval(comparisons, tags.ONNX_VS_TRANSFORMERS, "accuracy", confidence)
-        latency = paired_interval(comparisons, tags.ONNX_VS_TRANSFORMERS, "latency_ratio", confidence)
+    if others:  # the champion is another candidate of this run: the paired gap between the two
+        accuracy = paired_between(comparisons, candidate.flavor, others[0].flavor, "accuracy", confidence)
+        latency = paired_between(comparisons, candidate.flavor, others[0].flavor, "latency_ratio", confidence)
         if accuracy is not None and latency is not None:
-            if candidate.flavor != tags.ONNX_MODEL_NAME:
-                accuracy = Interval(-accuracy.estimate, -accuracy.high, -accuracy.low, confidence)
-                latency = Interval(1 / latency.estimate, 1 / latency.high, 1 / latency.low, confidence)
             return ChampionEvidence(version, f"is the {others[0].flavor} model of this run", accuracy, latency)
     pair = tags.versus_champion(candidate.flavor)
     accuracy = paired_interval(comparisons, pair, "accuracy", confidence)

@@ -133,7 +133,7 @@ def test_config_hash_is_the_same_from_any_checkout(tmp_path):
 
 def test_every_shipped_config_builds_int4_at_block_32():
     for path in sorted((PROJECT_DIR / "configs").glob("*.yaml")):
-        assert load_config(path).source.builder.block_size == 32, path.name
+        assert [v.block_size for v in load_config(path).source.variants] == [32], path.name
 
 
 @pytest.mark.parametrize("kind", ["builtin:tiny-phi3", "local:model.gguf", "org/name"])
@@ -186,3 +186,60 @@ def test_settings_read_the_environment_and_hide_the_token(monkeypatch, tmp_path)
     assert settings.hf_token == "hf_secret"
     assert settings.hf_offline
     assert "hf_secret" not in repr(settings)
+
+
+def builders(tmp_path, builder, **source):
+    return load_config(write(tmp_path, minimal(source={"model": "builtin:tiny-phi3", "builder": builder, **source})))
+
+
+def test_one_builder_mapping_is_the_single_variant_with_todays_names(tmp_path):
+    source = builders(tmp_path, {"block_size": 128}).source
+    assert [v.block_size for v in source.variants] == [128]
+    assert list(source.variant_labels) == [""]  # onnx_uri, onnx-chat: as before variants existed
+
+
+def test_a_list_of_builder_mappings_names_each_variant_from_its_options(tmp_path):
+    source = builders(
+        tmp_path,
+        [{"block_size": 32}, {"block_size": 128}, {"block_size": 32, "accuracy_level": 1}, {"precision": "fp32"}],
+    ).source
+    assert list(source.variant_labels) == ["int4-b32", "int4-b128", "int4-b32-a1", "fp32"]
+    named = builders(tmp_path, [{"block_size": 32, "name": "small-blocks"}, {"block_size": 64}]).source
+    assert list(named.variant_labels) == ["small-blocks", "int4-b64"]
+    assert list(builders(tmp_path, [{"block_size": 64}]).source.variant_labels) == [""]  # one of them: one variant
+
+
+@pytest.mark.parametrize(
+    ("builder", "message"),
+    [
+        ([], r"source: source\.builder: the list of variants is empty"),
+        ([{"block_size": 32}, {"block_size": 32}], r"source\.builder: variant names must differ, int4-b32 is repeated"),
+        ([{"precision": "fp32"}, {"block_size": 16, "name": "fp32"}], r"fp32 is repeated \(set `name` on one\)"),
+        ([{"block_size": 32}, {"block_size": 8}], r"\n  source\.builder\.1\.block_size: Input should be greater"),
+        ({"block_size": 8}, r"\n  source\.builder\.block_size: Input should be greater than or equal to 16$"),
+        ([{"name": "Has Space"}], r"source\.builder\.0\.name: String should match pattern"),
+        ("int4", r"\n  source\.builder: Input should be a valid dictionary"),
+    ],
+)
+def test_bad_variants_are_named_in_one_line(tmp_path, builder, message):
+    with pytest.raises(ConfigError, match=message) as raised:
+        builders(tmp_path, builder)
+    assert len(str(raised.value).splitlines()) == 2  # the file, then one line naming the field
+
+
+def test_several_variants_are_refused_with_a_prebuilt_onnx_or_with_training(tmp_path):
+    prebuilt = {"repo": "org/onnx", "revision": "a" * 40}
+    with pytest.raises(ConfigError, match="not taken from source.onnx"):
+        builders(tmp_path, [{"block_size": 32}, {"block_size": 16}], onnx=prebuilt)
+    training = minimal(
+        source={"model": "builtin:tiny-phi3", "builder": [{"block_size": 32}, {"block_size": 16}]},
+        training={"dataset": "train.jsonl", "max_steps": 1},
+    )
+    with pytest.raises(ConfigError, match="training builds one variant"):
+        load_config(write(tmp_path, training))
+
+
+def test_a_change_to_the_variants_changes_the_source_hash(tmp_path):
+    one = builders(tmp_path, [{"block_size": 32}, {"block_size": 16}]).section_hash("source.builder")
+    other = builders(tmp_path, [{"block_size": 32}, {"block_size": 64}]).section_hash("source.builder")
+    assert one != other

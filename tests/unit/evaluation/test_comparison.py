@@ -40,3 +40,19 @@ def test_without_a_base_there_is_no_base_comparison():
     assert not any(
         "_vs_base" in k for k in comparison_metrics(only_onnx, None, EVALUATION, {"x": candidates["onnx-chat"]})
     )
+
+
+def test_every_candidate_is_paired_with_every_other_and_two_flavors_keep_their_pair_name():
+    variants = {
+        "onnx-chat-int4-b32": report("a", [True] * 10),
+        "onnx-chat-int4-b16": report("b", [True] * 9 + [False]),
+        "transformers-chat": report("c", [True] * 8 + [False] * 2),
+    }
+    pairs = {key.split("/")[1] for key in comparison_metrics(variants, None, EVALUATION)}
+    assert pairs == {
+        "onnx-chat-int4-b32_vs_onnx-chat-int4-b16",
+        "onnx-chat-int4-b32_vs_transformers-chat",
+        "onnx-chat-int4-b16_vs_transformers-chat",
+    }
+    two = {"onnx-chat": variants["onnx-chat-int4-b32"], "transformers-chat": variants["transformers-chat"]}
+    assert {key.split("/")[1] for key in comparison_metrics(two, None, EVALUATION)} == {"onnx_vs_transformers"}

@@ -4,7 +4,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from slmflow.evaluation.model_uris import logged_model_id, resolve_logged_model_id
+from slmflow.evaluation.model_uris import join_named_uris, logged_model_id, resolve_logged_model_id, split_named_uris
 
 MODEL_ID = "m-0123456789abcdef0123456789abcdef"
 
@@ -72,3 +72,21 @@ def test_an_alias_or_a_run_uri_is_refused_before_the_registry_is_asked(uri):
     with pytest.raises(ValueError, match="not a logged model URI"):
         resolve_logged_model_id(uri, registry)
     assert registry.asked == []
+
+
+def test_several_named_models_travel_in_one_step_parameter_and_a_plain_uri_is_the_one_model():
+    uris = {"onnx-chat-int4-b32": "models:/m-1", "onnx-chat-fp32": "models:/m-2"}
+    assert join_named_uris(uris) == "onnx-chat-int4-b32=models:/m-1 onnx-chat-fp32=models:/m-2"
+    assert split_named_uris(join_named_uris(uris), "onnx-chat") == uris
+    assert split_named_uris("models:/m-1", "onnx-chat") == {"onnx-chat": "models:/m-1"}
+
+
+@pytest.mark.parametrize("value", ["a=models:/m-1 =models:/m-2", "a=models:/m-1 b="])
+def test_a_malformed_list_of_named_models_is_refused(value):
+    with pytest.raises(ValueError, match="neither a model URI nor"):
+        split_named_uris(value, "onnx-chat")
+
+
+def test_a_name_that_cannot_travel_is_refused():
+    with pytest.raises(ValueError, match="cannot name model"):
+        join_named_uris({"a b": "models:/m-1"})

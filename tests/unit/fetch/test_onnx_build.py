@@ -13,7 +13,7 @@ EVAL_SET = PROJECT_DIR / "configs" / "eval" / "capitals.jsonl"
 
 def test_built_graph_carries_the_configured_block_size_and_accuracy_level(tiny_onnx, tiny_config):
     nodes = matmul_nbits_attributes(tiny_onnx)
-    options = tiny_config.source.builder
+    options = tiny_config.source.variants[0]
     assert len(nodes) >= 8  # qkv, o, gate, up, down per layer and the LM head
     assert {(n["block_size"], n["accuracy_level"], n["bits"]) for n in nodes} == {
         (options.block_size, options.accuracy_level, 4)

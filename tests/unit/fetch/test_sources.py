@@ -1,4 +1,5 @@
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -8,7 +9,7 @@ from slmflow.digests import file_digests
 from slmflow.errors import SourceError, UnknownBuiltinModelError
 from slmflow.fetch.handoff import local_folder, remember_folder
 from slmflow.fetch.hub import hub_reference
-from slmflow.fetch.sources import fetch_model, resolve_revision
+from slmflow.fetch.sources import FetchedModel, fetch_model, onnx_part, resolve_revision
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 
@@ -224,3 +225,14 @@ def test_a_model_without_a_chat_template_needs_one_configured(settings, tiny_che
     (local / "chat_template.jinja").unlink()
     with pytest.raises(SourceError, match=r"has no chat template: set source.chat_template to a Jinja file"):
         fetch_model(SourceConfig(model=f"local:{local}"), settings)
+
+
+def test_each_variant_counts_by_its_own_onnx_files(tmp_path):
+    """A change to one variant's build leaves the others' content, so their logging steps are reused."""
+    files = {"checkpoint/config.json": "c", "onnx-int4-b32/model.onnx": "1", "onnx-int4-b16/model.onnx": "2"}
+    folders = {"int4-b32": tmp_path / "b32", "int4-b16": tmp_path / "b16"}
+    fetched = FetchedModel("builtin:tiny-phi3", "rev", tmp_path, folders, "builder:int4,int4", files)
+    rebuilt = replace(fetched, files=files | {"onnx-int4-b16/model.onnx": "3"})
+    assert fetched.content(onnx_part("int4-b32")) == rebuilt.content(onnx_part("int4-b32"))
+    assert fetched.content(onnx_part("int4-b16")) != rebuilt.content(onnx_part("int4-b16"))
+    assert onnx_part("") == "onnx" and fetched.onnx_dir == tmp_path / "b32"

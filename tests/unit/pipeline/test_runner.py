@@ -210,8 +210,9 @@ def test_outputs_are_read_with_their_content():
 class FakeRunner:
     """Records what run_pipeline asks each step for; every step 'outputs' <label>:<output name>."""
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, config, *args, **kwargs) -> None:
         self.calls: list[tuple[str, str, dict]] = []
+        self.labels = [label for label in config.source.variant_labels if label]
         FakeRunner.last = self
 
     def run(self, entry_point, parameters, label=None):
@@ -219,7 +220,9 @@ class FakeRunner:
 
         name = label or entry_point
         self.calls.append((entry_point, name, dict(parameters)))
-        outputs = [RunTag(f"slmflow.output.{o}", f"{name}:{o}") for o in STEPS[entry_point].outputs]
+        step = STEPS[entry_point]
+        names = [*step.outputs, *(f"{o}.{label}" for o in step.variant_outputs for label in self.labels)]
+        outputs = [RunTag(f"slmflow.output.{o}", f"{name}:{o}") for o in names]
         return StepResult(
             Run(RunInfo(f"run-{name}", "0", "u", "FINISHED", 0, 0, "active"), RunData(tags=outputs)), False
         )
@@ -227,20 +230,11 @@ class FakeRunner:
 
 @pytest.mark.parametrize("required", [True, False])
 def test_the_base_is_logged_in_both_flavors_and_handed_to_evaluate_only_when_required(tmp_path, monkeypatch, required):
-    import slmflow.pipeline.runner as runner
-
     (tmp_path / "train.jsonl").write_text("x\n")
     trained = config(
         tmp_path, training={"dataset": str(tmp_path / "train.jsonl"), "require_improvement_over_base": required}
     )
-    monkeypatch.setattr(runner, "StepRunner", FakeRunner)
-    monkeypatch.setattr(runner, "check_configured_training_set", lambda *args: None)
-    monkeypatch.setattr(runner, "resolve_revision", lambda *args: "rev")
-    monkeypatch.setattr(runner, "champion_to_measure", lambda *args: Handoff("none", "none"))
-    monkeypatch.setattr(runner, "set_outputs", lambda *args, **kwargs: None)
-    monkeypatch.setattr(runner.mlflow, "set_tag", lambda *args: None)
-    runner.run_pipeline(trained, "c.yaml", use_cache=True, settings=None)
-    calls = {name: parameters for _, name, parameters in FakeRunner.last.calls}
+    calls = fake_pipeline(monkeypatch, trained)
     evaluate = {k: getattr(v, "value", v) for k, v in calls["evaluate"].items()}
     # The candidates come from the fine-tuned checkpoint, whatever the setting.
     assert calls["log_onnx_wrapper"]["onnx_uri"].value == "finetune:onnx_uri"
@@ -252,6 +246,53 @@ def test_the_base_is_logged_in_both_flavors_and_handed_to_evaluate_only_when_req
     assert evaluate["base_onnx_model_uri"] == "log_onnx_wrapper.base:model_uri"
     assert evaluate["base_transformers_model_uri"] == "log_transformers_pipeline.base:model_uri"
     assert evaluate["onnx_model_uri"] == "log_onnx_wrapper:model_uri"
+
+
+def fake_pipeline(monkeypatch, pipeline_config: PipelineConfig) -> dict[str, dict]:
+    """What run_pipeline asks each step for (by the label the parent records), through FakeRunner."""
+    import slmflow.pipeline.runner as runner
+
+    monkeypatch.setattr(runner, "StepRunner", FakeRunner)
+    monkeypatch.setattr(runner, "check_configured_training_set", lambda *args: None)
+    monkeypatch.setattr(runner, "resolve_revision", lambda *args: "rev")
+    monkeypatch.setattr(runner, "champion_to_measure", lambda *args: Handoff("none", "none"))
+    monkeypatch.setattr(runner, "set_outputs", lambda *args, **kwargs: None)
+    monkeypatch.setattr(runner.mlflow, "set_tag", lambda *args: None)
+    runner.run_pipeline(pipeline_config, "c.yaml", use_cache=True, settings=None)
+    return {name: parameters for _, name, parameters in FakeRunner.last.calls}
+
+
+def test_each_variant_is_logged_by_its_own_step_and_evaluate_gets_them_all_by_name(tmp_path, monkeypatch):
+    variants = config(
+        tmp_path, source={"model": "builtin:tiny-phi3", "builder": [{"block_size": 32}, {"precision": "fp32"}]}
+    )
+    calls = fake_pipeline(monkeypatch, variants)
+    for label in ("int4-b32", "fp32"):
+        logged = calls[f"log_onnx_wrapper.{label}"]
+        assert (logged["onnx_uri"].value, logged["variant"]) == (f"fetch_model:onnx_uri.{label}", label)
+    assert "log_onnx_wrapper" not in calls
+    assert calls["evaluate"]["onnx_model_uri"].value == (
+        "onnx-chat-int4-b32=log_onnx_wrapper.int4-b32:model_uri onnx-chat-fp32=log_onnx_wrapper.fp32:model_uri"
+    )
+    single = fake_pipeline(monkeypatch, config(tmp_path))
+    assert "variant" not in single["log_onnx_wrapper"]  # one variant: the same parameters as ever
+    assert single["evaluate"]["onnx_model_uri"].value == "log_onnx_wrapper:model_uri"
+
+
+def test_changing_one_variant_keeps_the_other_variants_logging_key(tmp_path):
+    def keyed(*block_sizes: int) -> dict[str, str]:
+        variants = config(
+            tmp_path, source={"model": "builtin:tiny-phi3", "builder": [{"block_size": b} for b in block_sizes]}
+        )
+        unchanged = {"onnx_uri": Handoff("runs:/r/onnx-int4-b32", "b32 digest"), "variant": "int4-b32"}
+        return {
+            "fetch_model": cache_key(STEPS["fetch_model"], {"revision": "rev"}, variants),
+            "log_onnx_wrapper.int4-b32": cache_key(STEPS["log_onnx_wrapper"], unchanged, variants),
+        }
+
+    before, after = keyed(32, 16), keyed(32, 64)
+    assert before["fetch_model"] != after["fetch_model"]
+    assert before["log_onnx_wrapper.int4-b32"] == after["log_onnx_wrapper.int4-b32"]
 
 
 def test_requiring_improvement_over_the_base_redoes_register_and_never_the_training(tmp_path):

@@ -6,7 +6,7 @@ from mlflow.tracking import MlflowClient
 
 from slmflow import tags
 from slmflow.errors import SourceError
-from slmflow.pipeline.contract import CONFIG, StepContract
+from slmflow.pipeline.contract import CONFIG, StepContract, variant_output
 from slmflow.pipeline.step import run_step, set_outputs
 from testkit.processes import PROJECT_DIR
 
@@ -88,3 +88,13 @@ def test_a_step_records_the_cache_key_main_handed_it_as_it_starts(tracking_store
 
     run_step(TEST_STEP, body, argv=TINY)
     assert seen["key"] == "k" * 64
+
+
+def test_a_per_variant_output_is_declared_by_its_base_name():
+    step = StepContract(
+        "fetch", "a step for the tests", (CONFIG,), outputs=("onnx_uri",), variant_outputs=("onnx_uri",)
+    )
+    step.check_outputs(("onnx_uri", variant_output("onnx_uri", "int4-b32")))
+    assert variant_output("onnx_uri", "") == "onnx_uri"
+    with pytest.raises(ValueError, match="declares no output other.int4-b32"):
+        step.check_outputs(("other.int4-b32",))

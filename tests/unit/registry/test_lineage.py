@@ -2,7 +2,7 @@
 
 from mlflow.entities import Metric, Run, RunData, RunInfo, RunTag
 
-from slmflow.config import load_config
+from slmflow.config import BuilderOptions, load_config
 from slmflow.registry.lineage import TrainingFacts, registration_description, registration_identity
 from slmflow.registry.registrar import Evaluation
 from slmflow.registry.rules import Candidate
@@ -35,6 +35,17 @@ def test_the_identity_holds_the_dataset_digest_only_when_fine_tuned():
     plain = registration_identity(config, "finetuned:w1", "code")
     assert set(plain) == {"source_revision", "config_hash", "code_hash"}
     assert registration_identity(config, "finetuned:w1", "code", facts) == {**plain, "dataset_digest": "ab" * 32}
+
+
+def test_among_several_variants_the_identity_names_the_registered_one(tmp_path):
+    tiny = load_config(PROJECT_DIR / "configs" / "tiny.yaml")
+    assert "candidate" not in registration_identity(tiny, "rev", "code", None, "onnx-chat")  # as before variants
+    several = tiny.model_copy(
+        update={"source": tiny.source.model_copy(update={"builder": (BuilderOptions(), BuilderOptions(block_size=16))})}
+    )
+    b32 = registration_identity(several, "rev", "code", None, "onnx-chat-int4-b32")
+    assert b32["candidate"] == "onnx-chat-int4-b32"
+    assert b32 != registration_identity(several, "rev", "code", None, "onnx-chat-int4-b16")
 
 
 def test_the_description_says_what_the_version_was_trained_on():

@@ -14,6 +14,7 @@ from slmflow.registry.rules import (
     gates_summary,
     improvement_over_base_gate,
     margin_problems,
+    paired_between,
 )
 from testkit.processes import PROJECT_DIR
 
@@ -34,27 +35,41 @@ def gap(estimate, low, high):
     return Interval(estimate, low, high, 0.95)
 
 
+def onnx_gap(interval):
+    """The onnx-chat - transformers-chat interval as the evaluate run holds it (None: not measured)."""
+    return lambda candidate, baseline: interval if (candidate, baseline) == ("onnx-chat", "transformers-chat") else None
+
+
 def test_best_accuracy_rule_and_tie_break_by_speed():
-    assert choose_candidate(candidates(0.9, 0.95), SelectionRule(), gap(-0.05, -0.1, 0)).flavor == "transformers-chat"
-    assert choose_candidate(candidates(0.95, 0.95), SelectionRule(), gap(0, 0, 0)).flavor == "onnx-chat"
+    assert (
+        choose_candidate(candidates(0.9, 0.95), SelectionRule(), onnx_gap(gap(-0.05, -0.1, 0))).flavor
+        == "transformers-chat"
+    )
+    assert choose_candidate(candidates(0.95, 0.95), SelectionRule(), onnx_gap(gap(0, 0, 0))).flavor == "onnx-chat"
 
 
 def test_prefer_onnx_only_when_the_interval_shows_it_non_inferior():
-    assert choose_candidate(candidates(0.91, 0.95), RULE, gap(-0.04, -0.049, -0.02)).flavor == "onnx-chat"
+    assert choose_candidate(candidates(0.91, 0.95), RULE, onnx_gap(gap(-0.04, -0.049, -0.02))).flavor == "onnx-chat"
     # The same point estimate, but an interval reaching the margin: not shown non-inferior.
-    assert choose_candidate(candidates(0.91, 0.95), RULE, gap(-0.04, -0.05, -0.02)).flavor == "transformers-chat"
-    assert choose_candidate(candidates(0.80, 0.95), RULE, gap(-0.15, -0.2, -0.1)).flavor == "transformers-chat"
+    assert (
+        choose_candidate(candidates(0.91, 0.95), RULE, onnx_gap(gap(-0.04, -0.05, -0.02))).flavor == "transformers-chat"
+    )
+    assert (
+        choose_candidate(candidates(0.80, 0.95), RULE, onnx_gap(gap(-0.15, -0.2, -0.1))).flavor == "transformers-chat"
+    )
 
 
 def test_the_choice_is_explained_with_the_interval():
-    assert explain_choice(candidates(0.91, 0.95), RULE, gap(-0.04, -0.045, -0.02)) == (
-        "onnx-chat chosen by rule prefer_onnx: the ONNX model is non-inferior: onnx - transformers accuracy "
-        "-0.040 [-0.045, -0.020] (95%) lies above -0.05 (onnx-chat: accuracy 0.910, 300.0 tokens/s; "
+    assert explain_choice(candidates(0.91, 0.95), RULE, onnx_gap(gap(-0.04, -0.045, -0.02))) == (
+        "onnx-chat chosen by rule prefer_onnx: the fastest ONNX model non-inferior to the most accurate "
+        "(transformers-chat): onnx-chat - transformers-chat accuracy -0.040 [-0.045, -0.020] (95%) lies above -0.05 "
+        "(onnx-chat: accuracy 0.910, 300.0 tokens/s; "
         "transformers-chat: accuracy 0.950, 50.0 tokens/s)."
     )
-    assert "not shown non-inferior (onnx - transformers accuracy -0.150 [-0.200, -0.100] (95%) reaches -0.05)" in (
-        explain_choice(candidates(0.80, 0.95), RULE, gap(-0.15, -0.2, -0.1))
-    )
+    assert (
+        "no ONNX model is shown non-inferior to the most accurate (onnx-chat - transformers-chat accuracy -0.150 "
+        "[-0.200, -0.100] (95%) reaches -0.05)"
+    ) in explain_choice(candidates(0.80, 0.95), RULE, onnx_gap(gap(-0.15, -0.2, -0.1)))
 
 
 def evidence(candidate, comparisons, measured="models:/m/1", error=None, champion_uri="models:/m-champion"):
@@ -240,29 +255,31 @@ def test_a_tie_goes_to_the_faster_candidate_whichever_comes_first():
         }
 
     slower_first = tied("transformers-chat", 50.0, "onnx-chat", 300.0)
-    assert choose_candidate(slower_first, SelectionRule(), None).flavor == "onnx-chat"
-    assert choose_candidate(tied("onnx-chat", 50.0, "transformers-chat", 300.0), SelectionRule(), None).flavor == (
-        "transformers-chat"
-    )
+    assert choose_candidate(slower_first, SelectionRule(), onnx_gap(None)).flavor == "onnx-chat"
+    assert choose_candidate(
+        tied("onnx-chat", 50.0, "transformers-chat", 300.0), SelectionRule(), onnx_gap(None)
+    ).flavor == ("transformers-chat")
 
 
 def test_prefer_onnx_without_a_paired_interval_falls_back_to_the_best_accuracy():
     """No onnx - transformers interval (one flavor evaluated on other items): nothing shows ONNX non-inferior."""
-    assert choose_candidate(candidates(0.9, 0.95), RULE, None).flavor == "transformers-chat"
-    assert explain_choice(candidates(0.9, 0.95), RULE, None).startswith(
-        "transformers-chat chosen by rule prefer_onnx: highest accuracy, ties broken by tokens/s ("
+    assert choose_candidate(candidates(0.9, 0.95), RULE, onnx_gap(None)).flavor == "transformers-chat"
+    assert explain_choice(candidates(0.9, 0.95), RULE, onnx_gap(None)).startswith(
+        "transformers-chat chosen by rule prefer_onnx: no ONNX model is shown non-inferior to the most accurate "
+        "(onnx-chat - transformers-chat accuracy not measured); highest accuracy, ties broken by tokens/s ("
     )
 
 
 def test_every_branch_of_the_explanation_names_the_rule_and_the_gap():
-    assert explain_choice(candidates(0.80, 0.95), RULE, gap(-0.15, -0.2, -0.1)) == (
-        "transformers-chat chosen by rule prefer_onnx: the ONNX model is not shown non-inferior (onnx - transformers "
-        "accuracy -0.150 [-0.200, -0.100] (95%) reaches -0.05); highest accuracy, ties broken by tokens/s "
+    assert explain_choice(candidates(0.80, 0.95), RULE, onnx_gap(gap(-0.15, -0.2, -0.1))) == (
+        "transformers-chat chosen by rule prefer_onnx: no ONNX model is shown non-inferior to the most accurate "
+        "(onnx-chat - transformers-chat accuracy -0.150 [-0.200, -0.100] (95%) reaches -0.05); highest accuracy, "
+        "ties broken by tokens/s "
         "(onnx-chat: accuracy 0.800, 300.0 tokens/s; transformers-chat: accuracy 0.950, 50.0 tokens/s)."
     )
-    assert explain_choice(candidates(0.80, 0.95), SelectionRule(), gap(-0.15, -0.2, -0.1)) == (
-        "transformers-chat chosen by rule best_accuracy: highest accuracy, ties broken by tokens/s; onnx - "
-        "transformers accuracy -0.150 [-0.200, -0.100] (95%) (onnx-chat: accuracy 0.800, 300.0 tokens/s; "
+    assert explain_choice(candidates(0.80, 0.95), SelectionRule(), onnx_gap(gap(-0.15, -0.2, -0.1))) == (
+        "transformers-chat chosen by rule best_accuracy: highest accuracy, ties broken by tokens/s; onnx-chat - "
+        "transformers-chat accuracy -0.150 [-0.200, -0.100] (95%) (onnx-chat: accuracy 0.800, 300.0 tokens/s; "
         "transformers-chat: accuracy 0.950, 50.0 tokens/s)."
     )
 
@@ -358,3 +375,97 @@ def test_every_unresolvable_margin_is_named_in_one_refusal():
         "the eval items are 24: add items or widen the margin; registry.selection.onnx_accuracy_margin 0.1 needs"
         in (str(refused.value))
     )
+
+
+# Several source.builder variants: the fastest ONNX variant non-inferior to the most accurate candidate.
+B32, B16, TF = "onnx-chat-int4-b32", "onnx-chat-int4-b16", "transformers-chat"
+
+
+def variants(b32=(0.90, 200.0), b16=(0.92, 150.0), transformers=(0.95, 50.0)) -> dict[str, Candidate]:
+    measured = {B32: b32, B16: b16, TF: transformers}
+    return {
+        name: Candidate(name, f"models:/m-{index}", {**GOOD, "accuracy": accuracy, "tokens_per_second": speed})
+        for index, (name, (accuracy, speed)) in enumerate(measured.items())
+    }
+
+
+def logged(**lows: float):
+    """A gap function reading `delta/<pair>/accuracy` metrics as evaluate logs them: `b32_tf=-0.04` is the pair
+    onnx-chat-int4-b32_vs_transformers-chat with that lower bound, the estimate 0.02 and the upper bound 0.04 above."""
+    names = {"b32": B32, "b16": B16, "tf": TF}
+    comparisons = {}
+    for key, low in lows.items():
+        candidate, baseline = (names[part] for part in key.split("_"))
+        pair = f"{candidate}_vs_{baseline}"
+        comparisons |= {
+            f"{pair}/accuracy": low + 0.02,
+            f"{pair}/accuracy_ci_low": low,
+            f"{pair}/accuracy_ci_high": low + 0.04,
+        }
+    return lambda candidate, baseline: paired_between(comparisons, candidate, baseline, "accuracy", 0.95)
+
+
+def test_the_fastest_variant_non_inferior_to_the_most_accurate_is_chosen():
+    assert choose_candidate(variants(), RULE, logged(b32_tf=-0.049, b16_tf=-0.03)).flavor == B32
+
+
+def test_a_lower_bound_exactly_on_the_margin_is_not_non_inferior():
+    assert choose_candidate(variants(), RULE, logged(b32_tf=-0.05, b16_tf=-0.03)).flavor == B16
+    assert choose_candidate(variants(), RULE, logged(b32_tf=-0.05, b16_tf=-0.05)).flavor == TF
+
+
+def test_with_no_variant_measured_or_non_inferior_the_most_accurate_is_chosen():
+    assert choose_candidate(variants(), RULE, logged()).flavor == TF
+    assert choose_candidate(variants(), RULE, logged(b32_tf=-0.2, b16_tf=-0.1)).flavor == TF
+
+
+def test_when_a_variant_is_the_most_accurate_a_faster_non_inferior_one_still_wins():
+    most_accurate_b16 = variants(b16=(0.97, 150.0))
+    # Logged as b16 - b32 only, read the other way round: b32 - b16 lies in [-0.11, -0.07], beyond the margin.
+    assert choose_candidate(most_accurate_b16, RULE, logged(b16_b32=0.07)).flavor == B16
+    # b32 - b16 in [-0.04, 0.0]: within it, and b32 is faster.
+    assert choose_candidate(most_accurate_b16, RULE, logged(b16_b32=0.0)).flavor == B32
+
+
+def test_equally_fast_non_inferior_variants_go_to_the_more_accurate():
+    tied = variants(b32=(0.90, 200.0), b16=(0.92, 200.0))
+    assert choose_candidate(tied, RULE, logged(b32_tf=-0.04, b16_tf=-0.03)).flavor == B16
+
+
+def test_best_accuracy_ignores_the_margin_among_variants():
+    assert choose_candidate(variants(), SelectionRule(), logged(b32_tf=-0.01, b16_tf=-0.01)).flavor == TF
+
+
+def test_the_variant_choice_is_explained_with_its_interval():
+    reason = explain_choice(variants(), RULE, logged(b32_tf=-0.049, b16_tf=-0.03))
+    assert reason.startswith(
+        f"{B32} chosen by rule prefer_onnx: the fastest ONNX model non-inferior to the most accurate ({TF}): "
+        f"{B32} - {TF} accuracy -0.029 [-0.049, -0.009] (95%) lies above -0.05 ("
+    )
+    assert f"{B16}: accuracy 0.920, 150.0 tokens/s" in reason
+    fallback = explain_choice(variants(), RULE, logged(b32_tf=-0.2))
+    assert f"{B32} - {TF} accuracy -0.180 [-0.200, -0.160] (95%) reaches -0.05; {B16} - {TF} accuracy not measured" in (
+        fallback
+    )
+    most_accurate_onnx = explain_choice(variants(b32=(0.99, 200.0)), RULE, logged(b16_b32=-0.2))
+    assert most_accurate_onnx.startswith(
+        f"{B32} chosen by rule prefer_onnx: highest accuracy, ties broken by tokens/s, and no faster ONNX model is "
+        f"shown non-inferior to it ({B16} - {B32} accuracy"
+    )
+
+
+def test_a_pair_logged_the_other_way_round_is_turned():
+    comparisons = {
+        "a_vs_b/accuracy": 0.1,
+        "a_vs_b/accuracy_ci_low": -0.05,
+        "a_vs_b/accuracy_ci_high": 0.2,
+        "a_vs_b/latency_ratio": 0.5,
+        "a_vs_b/latency_ratio_ci_low": 0.4,
+        "a_vs_b/latency_ratio_ci_high": 0.8,
+    }
+    assert paired_between(comparisons, "a", "b", "accuracy", 0.95) == Interval(0.1, -0.05, 0.2, 0.95)
+    assert paired_between(comparisons, "b", "a", "accuracy", 0.95) == Interval(-0.1, -0.2, 0.05, 0.95)
+    assert paired_between(comparisons, "b", "a", "latency_ratio", 0.95) == Interval(2.0, 1.25, 2.5, 0.95)
+    assert paired_between(comparisons, "a", "c", "accuracy", 0.95) is None
+    identical = {"a_vs_b/accuracy": 0.0, "a_vs_b/accuracy_ci_low": 0.0, "a_vs_b/accuracy_ci_high": 0.0}
+    assert str(paired_between(identical, "b", "a", "accuracy", 0.95)) == "+0.000 [+0.000, +0.000] (95%)"
