@@ -1,13 +1,11 @@
-"""Running a chat model over the eval set, each model in its own fresh process.
+"""Running a chat model over the eval set, each model in its own spawned process.
 
 Each model is loaded with `mlflow.pyfunc.load_model` and called with `predict` as a user would.
-It runs in a fresh process (forked from a server that has imported the runtimes, not from this
-one) so that its load time and peak memory are its own.
+It runs in a fresh spawned process so that its load time and peak memory are its own.
 """
 
 from __future__ import annotations
 
-import functools
 import multiprocessing
 import resource
 import time
@@ -246,22 +244,9 @@ def evaluate_model(
     name: str, model_uri: str, examples: list[EvalExample], max_tokens: int | None = None, batch_size: int = 1
 ) -> ModelReport:
     """Evaluate one model in a fresh process, so load time and peak RSS belong to it alone."""
-    with _model_processes().Pool(1) as pool:
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(1) as pool:
         return pool.apply(_evaluate_in_this_process, (name, model_uri, examples, max_tokens, batch_size))
-
-
-# The runtimes every model process imports, loaded once by the fork server rather than once per model:
-# a fresh import of these takes 6-8 s on 2 cores, paid for every model (three with a champion).
-RUNTIME_MODULES = ("torch", "transformers", "onnxruntime_genai")
-
-
-@functools.cache
-def _model_processes() -> multiprocessing.context.BaseContext:
-    """Fresh processes forked from a server that has imported only the runtimes (never this process's
-    state: no tracking client, threads or open runs), so each model's load time is its own load."""
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(list(RUNTIME_MODULES))
-    return context
 
 
 def expected_plan(items: int, models: int, evaluation: EvaluationConfig) -> str:
