@@ -173,6 +173,7 @@ LONGEST_FIRST = (
     "e2e/test_paired_gates.py",
     "e2e/test_retraining.py",
     "e2e/test_real_model.py",
+    "e2e/test_quantization_variants.py",
     "e2e/test_batch_spark.py",
     "e2e/test_openai_server.py",
     "e2e/test_lm_eval_task.py",
