@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from slmflow.digests import sha256_file
+from slmflow.digests import lm_eval_task_digest, sha256_file
 from slmflow.errors import ConfigError
 from slmflow.policy import (
     DEFAULT_SETTINGS,
@@ -430,7 +430,7 @@ class PipelineConfig(_Section):
         if section == "evaluation" and self.evaluation.eval_set is not None:
             data["eval_set"] = "sha256:" + eval_set_digest(self.evaluation.eval_set)
         if section == "evaluation" and self.evaluation.lm_eval_task is not None:
-            data["lm_eval_task"] = "sha256:" + sha256_file(self.evaluation.lm_eval_task)
+            data["lm_eval_task"] = "sha256:" + lm_eval_task_digest(self.evaluation.lm_eval_task)
         if section == "source" and self.source.kind == "local":
             data["model"] = LOCAL_PREFIX
         if section == "training" and self.training is not None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from slmflow.digests import lm_eval_data_files
 from slmflow.errors import ConfigError
 
 FIELD = "evaluation.lm_eval_task"
@@ -47,15 +48,13 @@ def load_task(path: Path) -> LmEvalTask:
     metrics = config.get("metric_list") or []
     if not metrics or not isinstance(metrics[0], dict) or "metric" not in metrics[0]:
         raise refuse("metric_list needs at least one metric (each item's 0/1 score)")
-    files = (config.get("dataset_kwargs") or {}).get("data_files")
-    if not isinstance(files, dict) or not files:
+    files = lm_eval_data_files(path, config)
+    if not files:
         raise refuse("dataset_kwargs.data_files must name the task's local data (the hub is not reached)")
-    absolute = {}
-    for split, name in files.items():
-        data = path.parent / str(name)
+    for data in files.values():
         if not data.is_file():
             raise refuse(f"data file not found: {data}")
-        absolute[split] = str(data)
+    absolute = {split: str(data) for split, data in files.items()}
     config["dataset_kwargs"] = {**config["dataset_kwargs"], "data_files": absolute}
     return LmEvalTask(config["task"], str(metrics[0]["metric"]), config)
 

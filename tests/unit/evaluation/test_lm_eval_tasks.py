@@ -64,6 +64,18 @@ def test_the_config_field_resolves_against_the_config_and_enters_its_hash(tmp_pa
     assert load_config(_config(tmp_path, "task.yaml")).section_hash("evaluation") != before
 
 
+def test_the_tasks_data_enters_the_hash_by_content_not_by_place(tmp_path):
+    _task(tmp_path)
+    before = load_config(_config(tmp_path, "task.yaml")).section_hash("evaluation")
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    _task(moved)  # the same task and data in another folder
+    assert load_config(_config(moved, "task.yaml")).section_hash("evaluation") == before
+    data = tmp_path / "capitals.jsonl"
+    data.write_text(data.read_text().replace("Paris", "Lyon", 1))  # one item's answer edited
+    assert load_config(_config(tmp_path, "task.yaml")).section_hash("evaluation") != before
+
+
 def test_a_missing_task_file_is_refused_when_the_config_loads(tmp_path):
     with pytest.raises(ConfigError, match=r"evaluation.lm_eval_task: file not found: .*nowhere.yaml"):
         load_config(_config(tmp_path, "nowhere.yaml"))
