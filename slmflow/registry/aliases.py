@@ -33,6 +33,36 @@ def aliased_version(client: MlflowClient, name: str, alias: str) -> ModelVersion
         raise registry_error(f"cannot read the {alias} of '{name}'", error) from error
 
 
+def set_alias(client: MlflowClient, name: str, alias: str, version: str) -> None:
+    """Point `alias` at `version`, also when another job sets the same new alias at the same moment.
+
+    The tracking server creates a missing alias with an INSERT: of two jobs settling one version at
+    once (a job finishing a killed job's promotion while that job's twin does too), the second gets
+    a unique-key violation. By then the alias exists, so setting it again is an update.
+    """
+    try:
+        client.set_registered_model_alias(name, alias, version)
+    except MlflowException as error:
+        if not _alias_created_meanwhile(error):
+            raise
+        client.set_registered_model_alias(name, alias, version)
+
+
+def delete_alias(client: MlflowClient, name: str, alias: str) -> None:
+    """Remove `alias`; one that another job removed meanwhile is gone all the same."""
+    try:
+        client.delete_registered_model_alias(name, alias)
+    except MlflowException as error:
+        if error.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            raise
+
+
+def _alias_created_meanwhile(error: MlflowException) -> bool:
+    message = str(error.message)
+    duplicate = "duplicate key" in message or "UNIQUE constraint failed" in message  # PostgreSQL, sqlite
+    return duplicate and "alias" in message
+
+
 @dataclass(frozen=True)
 class Rollback:
     name: str
@@ -55,8 +85,8 @@ def rollback(name: str, client: MlflowClient | None = None) -> Rollback:
         raise RollbackError(f"'{name}' has no {CHAMPION}: nothing to roll back")
     if previous is None:
         raise RollbackError(f"'{name}' has no {PREVIOUS_CHAMPION}: version {champion.version} was the first champion")
-    client.set_registered_model_alias(name, CHAMPION, previous.version)
-    client.set_registered_model_alias(name, PREVIOUS_CHAMPION, champion.version)
+    set_alias(client, name, CHAMPION, previous.version)
+    set_alias(client, name, PREVIOUS_CHAMPION, champion.version)
     client.set_model_version_tag(name, champion.version, tags.DECISION, f"rolled back to version {previous.version}")
     client.set_model_version_tag(name, previous.version, tags.DECISION, "promoted to champion by rollback")
     return Rollback(name, str(champion.version), str(previous.version))

@@ -16,7 +16,15 @@ from slmflow import tags
 from slmflow.config import RegistryConfig
 from slmflow.errors import GateFailedError, RegistryError
 from slmflow.evaluation.statistics import Interval
-from slmflow.registry.aliases import CHALLENGER, CHAMPION, PREVIOUS_CHAMPION, aliased_version, registry_error
+from slmflow.registry.aliases import (
+    CHALLENGER,
+    CHAMPION,
+    PREVIOUS_CHAMPION,
+    aliased_version,
+    delete_alias,
+    registry_error,
+    set_alias,
+)
 from slmflow.registry.rules import (
     Candidate,
     GateResult,
@@ -162,13 +170,13 @@ class Registrar:
         name = self.config.model_name
         if passed:
             champion = self.champion()
-            self.client.set_registered_model_alias(name, CHAMPION, version.version)
+            set_alias(self.client, name, CHAMPION, version.version)
             if champion is not None and champion.version != version.version:
-                self.client.set_registered_model_alias(name, PREVIOUS_CHAMPION, champion.version)
+                set_alias(self.client, name, PREVIOUS_CHAMPION, champion.version)
             if aliased_version(self.client, name, CHALLENGER) is not None:  # the latest candidate is champion now
-                self.client.delete_registered_model_alias(name, CHALLENGER)
+                delete_alias(self.client, name, CHALLENGER)
         else:
-            self.client.set_registered_model_alias(name, CHALLENGER, version.version)
+            set_alias(self.client, name, CHALLENGER, version.version)
         self.client.set_model_version_tag(name, version.version, tags.ALIASES_SET, "true")
         return RegistrationResult(self.client.get_model_version(name, version.version), created, promoted=passed)
 
