@@ -123,9 +123,14 @@ def eval_dataset(examples: list[EvalExample], evaluation: EvaluationConfig) -> A
     )
     if evaluation.eval_set is not None:
         return from_pandas(frame, source=str(evaluation.eval_set), name=eval_set_name(evaluation))
-    # A suite is built by project code: MLflow resolves no "slmflow:suite@..." string as a source (it raised
-    # "Could not find a source information resolver"), so it is a code source tagged with the suite's digest.
+    return from_pandas(frame, source=built_by_code("suite", examples_digest(examples)), name=eval_set_name(evaluation))
+
+
+def built_by_code(kind: str, digest: str) -> Any:
+    """The MLflow dataset source of data that project code builds (a suite, a suite split's training rows).
+
+    MLflow resolves no "slmflow:suite@..." string as a source (it raises "Could not find a source
+    information resolver"), so such data is a code source tagged with its content digest."""
     from mlflow.data.code_dataset_source import CodeDatasetSource
 
-    source = CodeDatasetSource(tags={"slmflow.suite": f"suite@{examples_digest(examples)[:12]}"})
-    return from_pandas(frame, source=source, name=eval_set_name(evaluation))
+    return CodeDatasetSource(tags={f"slmflow.{kind}": f"{kind}@{digest[:12]}"})

@@ -16,7 +16,14 @@ from typing import Any
 from slmflow.chat.request import ROLES, parse_messages, quote
 from slmflow.config import EvaluationConfig, PipelineConfig, SplitConfig, SuiteSplitDataset, dataset_digest
 from slmflow.errors import BadRequestError, TrainingDataError
-from slmflow.evaluation.dataset import EvalExample, all_examples, eval_set_name, load_examples, split_part
+from slmflow.evaluation.dataset import (
+    EvalExample,
+    all_examples,
+    built_by_code,
+    eval_set_name,
+    load_examples,
+    split_part,
+)
 
 Message = dict[str, str]
 
@@ -67,7 +74,7 @@ class TrainingSet:
     rows: list[TrainingRow]
     digest: str
     name: str
-    source: str
+    source: str | None  # the file; None: built by project code (a suite split)
 
 
 def rows_digest(rows: Sequence[TrainingRow]) -> str:
@@ -115,9 +122,7 @@ def load_configured_training_set(config: PipelineConfig) -> TrainingSet:
     dataset = config.training.dataset
     if isinstance(dataset, SuiteSplitDataset):
         rows = suite_training_rows(config)
-        return TrainingSet(
-            rows, rows_digest(rows), suite_training_name(config), f"slmflow:{suite_training_name(config)}"
-        )
+        return TrainingSet(rows, rows_digest(rows), suite_training_name(config), None)
     return TrainingSet(load_training_set(dataset), dataset_digest(dataset), dataset.stem, str(dataset))
 
 
@@ -147,7 +152,8 @@ def training_dataset(training_set: TrainingSet) -> Any:
     from mlflow.data.pandas_dataset import from_pandas
 
     frame = pd.DataFrame({"messages": [json.dumps(row.messages) for row in training_set.rows]})
-    return from_pandas(frame, source=training_set.source, name=training_set.name, digest=training_set.digest[:16])
+    source = training_set.source or built_by_code("training_set", training_set.digest)
+    return from_pandas(frame, source=source, name=training_set.name, digest=training_set.digest[:16])
 
 
 def _parse_row(line: str, where: str) -> TrainingRow:

@@ -176,6 +176,17 @@ def test_a_suite_split_trains_on_the_parts_that_are_not_evaluated():
     assert len(check_configured_training_set(suite_config(max_rows=7)).rows) == 7
 
 
+def test_a_suite_split_is_an_mlflow_dataset_known_by_its_digest():
+    """MLflow refuses a source string it cannot resolve: a suite split must still become a dataset input."""
+    from slmflow.training.dataset import load_configured_training_set, training_dataset
+
+    training_set = load_configured_training_set(suite_config())
+    dataset = training_dataset(training_set)
+    assert dataset.name == training_set.name and dataset.digest == training_set.digest[:16]
+    assert dataset.source.to_dict()["tags"] == {"slmflow.training_set": f"training_set@{training_set.digest[:12]}"}
+    assert len(dataset.df) == len(training_set.rows)
+
+
 def test_the_suite_split_digest_covers_the_split_and_the_suite():
     from slmflow.training.dataset import load_configured_training_set, rows_digest
 
