@@ -72,7 +72,7 @@ def real_run(tmp_path_factory, cache_dir):
         store,
         children(client),
         [str(v.version) for v in client.search_model_versions(f"name = '{MODEL_NAME}'")],
-        client.get_model_version_by_alias(MODEL_NAME, "champion").version,
+        str(client.get_model_version_by_alias(MODEL_NAME, "champion").version),
     )
     mlflow.set_tracking_uri(previous)
 
